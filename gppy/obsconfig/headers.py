@@ -47,6 +47,12 @@ class FrameRecord:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def unreadable(cls, file: str, problem: str) -> "FrameRecord":
+        return cls(file=file, type="unknown", reason="unreadable", filter=None, exptime=None,
+                   dateobs=None, mjd=None, object=None, ra=None, dec=None, binning=None,
+                   gain=None, rdnoise=None, saturation=None, error=problem)
+
 
 def _norm(value: str) -> str:
     return " ".join(str(value).split()).casefold()
@@ -108,9 +114,10 @@ def parse_dateobs(date_value: Any, time_value: Any = None) -> Time:
     """Start-of-exposure time from DATE-OBS (ISO, or date with separate TIME-OBS,
     or the old DD/MM/YY form)."""
     text = str(date_value).strip()
-    if re.fullmatch(r"\d{2}/\d{2}/\d{2}", text):  # old FITS form DD/MM/YY (years 19xx)
+    if re.fullmatch(r"\d{2}/\d{2}/\d{2}", text):
+        # The old FITS form DD/MM/YY meant 19YY, but MaxIm DL still writes it for 20YY.
         d, m, y = (int(x) for x in text.split("/"))
-        text = f"{1900 + y:04d}-{m:02d}-{d:02d}"
+        text = f"{(1900 if y >= 70 else 2000) + y:04d}-{m:02d}-{d:02d}"
     if "T" not in text and time_value is not None:
         text = f"{text}T{str(time_value).strip()}"
     return Time(text, format="isot", scale="utc")
@@ -150,10 +157,10 @@ def _rule_matches(rule: ClassifyRule, rec: FrameRecord, header: fits.Header,
     if rule.exptime_max_s is not None and (rec.exptime is None or rec.exptime > rule.exptime_max_s):
         return False
     if rule.needs_pixels():
-        median = pixel_median()
-        if rule.median_adu_min is not None and median < rule.median_adu_min:
+        median = pixel_median()  # NaN (unreadable data) fails both bounds
+        if rule.median_adu_min is not None and not median >= rule.median_adu_min:
             return False
-        if rule.median_adu_max is not None and median > rule.median_adu_max:
+        if rule.median_adu_max is not None and not median <= rule.median_adu_max:
             return False
     return True
 

@@ -10,6 +10,7 @@ Tables merge key by key; any other value (lists included) is replaced whole.
 
 from __future__ import annotations
 
+import re
 import string
 import tomllib
 from pathlib import Path
@@ -38,9 +39,38 @@ def _read_toml(path: Path) -> dict:
         with open(path, "rb") as fh:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
-        raise ProfileError([f"{path}: not valid TOML ({exc})"]) from None
+        raise ProfileError([f"{path}: {_toml_error_key(path, exc)}: not valid TOML ({exc}); "
+                            "expected `key = value` with a quoted string, a number, true/false, "
+                            "a [list] or an inline {table}"]) from None
     except OSError as exc:
         raise ProfileError([f"{path}: cannot be read ({exc.strerror})"]) from None
+
+
+_TOML_TABLE = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\"' -]+?)\s*(\]|$)")
+_TOML_KEY = re.compile(r"^\s*([A-Za-z0-9_.\"' -]+?)\s*=")
+
+
+def _toml_error_key(path: Path, exc: tomllib.TOMLDecodeError) -> str:
+    """The dotted key (or table) on the line a TOML syntax error points at, else 'line N'."""
+    m = re.search(r"at line (\d+)", str(exc))
+    if not m:
+        return "(top level)"
+    lineno = int(m.group(1))
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return f"line {lineno}"
+    table = ""
+    for line in lines[:lineno - 1]:
+        if t := _TOML_TABLE.match(line):
+            table = t.group(1).replace('"', "").replace("'", "").replace(" ", "")
+    line = lines[lineno - 1] if lineno <= len(lines) else ""
+    if t := _TOML_TABLE.match(line):
+        return t.group(1).replace('"', "").replace("'", "").replace(" ", "")
+    if k := _TOML_KEY.match(line):
+        key = k.group(1).replace('"', "").replace("'", "").strip()
+        return f"{table}.{key}" if table else key
+    return f"line {lineno}"
 
 
 def _merge(base: dict, over: dict, over_file: str, origins: dict[KeyPath, str],
@@ -98,6 +128,10 @@ def load_files(paths: list[Path]) -> Profile:
     data = _merge({}, _read_toml(DEFAULTS_FILE), str(DEFAULTS_FILE), origins)
     data = _merge(data, _overlay(paths, origins, (paths[-1].stem.lower(),)), "", {})
     main_file = str(paths[-1])
+    raw = data.get("raw")
+    if isinstance(raw, dict) and isinstance(raw.get("root"), str) and isinstance(data.get("name"), str):
+        # a shared base (the 7DT units) can say root = "/data/obsdata/{name}"
+        data["raw"] = {**raw, "root": raw["root"].replace("{name}", data["name"])}
 
     def origin(path: KeyPath) -> str:
         for n in range(len(path), 0, -1):

@@ -63,11 +63,13 @@ class Camera:
 
 @dataclass(frozen=True)
 class Raw:
-    root: str = doc("upload folder holding one sub-folder per night (~ and $VARS expanded)")
+    root: str = doc("upload folder holding one sub-folder per night (~ and $VARS expanded; "
+                     "{name} is replaced by the profile name)")
     night_folder: str = doc("night-folder template: {YYYY} {YY} {MM} {DD} {gain}, e.g. '{YYYY}_{MM}{DD}'")
     file_glob: list[str] = doc("glob patterns of raw frames inside a night folder")
     settle_s: float = doc("a night is complete when unchanged for this long", gt=0)
     poll_s: float = doc("how often a settling night is re-checked", gt=0)
+    polling: bool = doc("watch by polling instead of inotify (automatic on network filesystems)")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,74 @@
+"""`gppy process OBS NIGHT_DIR [--ncores N] [--force] [--out DIR]`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+from gppy import logs
+from gppy.daemon.routine import NightError, NightResult, process_night
+from gppy.obsconfig.loader import UnknownObservatory, load_profile
+from gppy.obsconfig.validate import ProfileError
+from gppy.reduction.inventory import group
+from gppy.settings import DataDir
+
+
+def register(sub) -> None:
+    p = sub.add_parser("process", help="run the night routine on one night folder")
+    p.add_argument("obs", help="observatory name (any case)")
+    p.add_argument("night_dir", help="the night's raw folder")
+    p.add_argument("--ncores", type=int, default=os.cpu_count() or 1,
+                   help="worker processes (default: all cores)")
+    p.add_argument("--force", action="store_true", help="redo work already done")
+    p.add_argument("--out", help="product folder (default: DATA_DIR/products/OBS/NIGHT)")
+    p.add_argument("--data-dir", help="data directory (default: $GPPY_DATA_DIR or ~/.gppy)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug events on the console")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    logs.configure(verbose=args.verbose)
+    try:
+        profile = load_profile(args.obs)
+        result = process_night(profile, args.night_dir, DataDir.resolve(args.data_dir),
+                               ncores=max(1, args.ncores), force=args.force, out=args.out)
+    except (UnknownObservatory, ProfileError, NightError) as exc:
+        print(f"gppy process: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # already logged with its traceback by the routine
+        print(f"gppy process: the night failed ({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 1
+    print(summary(result))
+    return 0
+
+
+def summary(r: NightResult) -> str:
+    """The table printed at the end of a run."""
+    lines = [
+        f"{r.obs} night {r.night}  {r.night_dir}",
+        f"{len(r.records)} frames ({r.n_scanned} read, {r.n_unchanged} unchanged since the last "
+        f"run), {len(r.plan.skipped)} skipped, {r.seconds:.1f} s on {r.ncores} cores",
+        "",
+        f"  {'TYPE':<8} {'FILTER':<7} {'EXPTIME':>8}  {'OBJECT':<16} {'N':>4}",
+    ]
+    order = {"bias": 0, "dark": 1, "flat": 2, "science": 3, "unknown": 4}
+    for (ftype, filt, exptime, obj), n in sorted(
+            group(r.records).items(),
+            key=lambda kv: (order[kv[0][0]], kv[0][1] or "", kv[0][2] or 0, kv[0][3] or "")):
+        exp = "-" if exptime is None else f"{exptime:g}s"
+        lines.append(f"  {ftype:<8} {filt or '-':<7} {exp:>8}  {obj or '-':<16} {n:>4}")
+    p = r.plan
+    lines += ["", "Masters to build:" if p.masters else "Masters to build: none (all borrowed)"]
+    lines += [f"  {m.label:<22} from {len(m.files)} frames" + ("  (weak: few frames)" if m.weak else "")
+              for m in p.masters]
+    if p.science:
+        how = Counter(f"bias {s.bias}; dark {s.dark}; flat {s.flat}" for s in p.science)
+        lines += ["", f"Science frames: {len(p.science)} -> {', '.join(p.science[0].steps)}"]
+        lines += [f"  {n:4d} x {text}" for text, n in sorted(how.items())]
+        lines += ["", "Stacks:"] + [f"  {k:<28} {n} frames" for k, n in sorted(p.stacks.items())]
+    if p.skipped:
+        lines += ["", "Skipped:"] + [f"  {Path(f).name}: {why}" for f, why in sorted(p.skipped.items())]
+    lines += ["", f"Products: {r.out_dir}", f"Log:      {r.log_path}"]
+    return "\n".join(lines)

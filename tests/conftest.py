@@ -1,0 +1,81 @@
+"""Shared test fixtures: where the real shared data lives, and isolation of the
+user's configuration and data directories."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+REAL = SHARED / "data" / "real"
+GPPY = Path(sys.executable).with_name("gppy")  # the installed console script
+
+
+def real_data(name: str) -> Path:
+    """A folder of ../shared/data/real, or skip: a user's fresh clone lacks it."""
+    path = REAL / name
+    if not path.is_dir():
+        pytest.skip(f"real test data {path} is absent (it sits beside the repository in CI)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path_factory, monkeypatch):
+    """Never read the developer's ~/.config/gppy or write into ~/.gppy."""
+    base = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("GPPY_CONFIG_DIR", str(base / "config"))
+    monkeypatch.setenv("GPPY_DATA_DIR", str(base / "data"))
+    return base
+
+
+@pytest.fixture
+def gppy_bin() -> Path:
+    if not GPPY.exists():
+        pytest.skip(f"{GPPY} is not installed (run `make test`)")
+    return GPPY
+
+
+def copy_files(files, dest: Path) -> list[Path]:
+    dest.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy2(f, dest)) for f in files]
+
+
+def _write(path: Path, header: dict, data=None) -> Path:
+    hdu = fits.PrimaryHDU(np.zeros((32, 32), np.uint16) if data is None else data)
+    for k, v in header.items():
+        hdu.header[k] = v
+    hdu.writeto(path)
+    return path
+
+
+GOOD = {"IMAGETYP": "Light Frame", "FILTER": "R", "EXPTIME": 60.0,
+        "DATE-OBS": "2025-03-16T03:00:00", "OBJECT": "NGC0337"}
+
+
+@pytest.fixture
+def bad_night(tmp_path) -> Path:
+    """A night folder holding good frames and every kind of bad one."""
+    night = tmp_path / "2025_0315"
+    night.mkdir()
+    _write(night / "good1.fits", GOOD)
+    _write(night / "good2.fits", GOOD | {"FILTER": "B102"})
+    _write(night / "bias.fits", {"IMAGETYP": "zero", "DATE-OBS": "2025-03-16T01:00:00"})
+    (night / "empty.fits").write_bytes(b"")
+    (night / "notes.fits").write_text("observing log, not FITS\n" * 20)
+    whole = (night / "good1.fits").read_bytes()
+    (night / "truncated.fits").write_bytes(whole[:4000])
+    (night / "truncated.fits.gz").write_bytes(gzip.compress(whole[:4000]))
+    _write(night / "focus.fits", GOOD | {"IMAGETYP": "Focus"})
+    _write(night / "nodate.fits", {k: v for k, v in GOOD.items() if k != "DATE-OBS"})
+    _write(night / "noexptime.fits", {k: v for k, v in GOOD.items() if k != "EXPTIME"})
+    _write(night / "badra.fits", GOOD | {"RA": "somewhere"})
+    return night
+
+
