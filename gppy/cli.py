@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from gppy.errors import InputError
+
 # Modules providing `register(subparsers)`, in the order shown by --help.
 COMMAND_MODULES = (
     "gppy.obsconfig.command",     # gppy obs list | show
@@ -32,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except InputError as exc:
+        print(f"gppy {args.command}: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `gppy inspect ... | head`
@@ -41,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
 def gpwatch_main(argv: list[str] | None = None) -> int:
     from gppy.daemon.watch import main as watch_main
 
-    return watch_main(argv)
+    try:
+        return watch_main(argv)
+    except InputError as exc:
+        print(f"gpwatch: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

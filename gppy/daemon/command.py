@@ -8,9 +8,9 @@ from collections import Counter
 from pathlib import Path
 
 from gppy import logs
-from gppy.daemon.routine import NightError, NightResult, process_night
-from gppy.obsconfig.loader import UnknownObservatory, load_profile
-from gppy.obsconfig.validate import ProfileError
+from gppy.daemon.routine import NightResult, process_night
+from gppy.errors import InputError
+from gppy.obsconfig.loader import load_profile
 from gppy.reduction.inventory import group
 from gppy.settings import DataDir
 
@@ -30,13 +30,12 @@ def register(sub) -> None:
 
 def run(args) -> int:
     logs.configure(verbose=args.verbose)
+    profile = load_profile(args.obs)
     try:
-        profile = load_profile(args.obs)
         result = process_night(profile, args.night_dir, DataDir.resolve(args.data_dir),
                                ncores=max(1, args.ncores), force=args.force, out=args.out)
-    except (UnknownObservatory, ProfileError, NightError) as exc:
-        print(f"gppy process: {exc}", file=sys.stderr)
-        return 2
+    except InputError:
+        raise
     except Exception as exc:  # already logged with its traceback by the routine
         print(f"gppy process: the night failed ({type(exc).__name__}: {exc})", file=sys.stderr)
         return 1

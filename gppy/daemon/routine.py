@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gppy import logs
+from gppy.errors import InputError
 from gppy.daemon.ledger import Ledger
 from gppy.daemon.plan import NightPlan, make_plan
 from gppy.fitsio import BadFrame, atomic_open, read_header
@@ -27,7 +28,7 @@ from gppy.settings import DataDir
 INVENTORY_STEP = "inventory"
 
 
-class NightError(RuntimeError):
+class NightError(InputError, RuntimeError):
     """A night that cannot be processed at all (not a single bad frame)."""
 
 

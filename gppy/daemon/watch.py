@@ -25,10 +25,9 @@ from watchdog.observers.polling import PollingObserver
 from gppy import logs
 from gppy.daemon.ledger import Ledger
 from gppy.daemon.settle import Settler, snapshot
-from gppy.obsconfig.loader import UnknownObservatory, load_all, load_profile
+from gppy.obsconfig.loader import load_all, load_profile
 from gppy.obsconfig.nights import parse_night
 from gppy.obsconfig.schema import Profile
-from gppy.obsconfig.validate import ProfileError
 from gppy.reduction.inventory import find_frames
 from gppy.settings import DataDir
 
@@ -224,11 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         args.obs, args.ncores = answer
     logs.configure()
-    try:
-        profile = load_profile(args.obs)
-    except (UnknownObservatory, ProfileError) as exc:
-        print(f"gpwatch: {exc}", file=sys.stderr)
-        return 2
+    profile = load_profile(args.obs)
     root = Path(os.path.expandvars(args.root or profile.raw.root)).expanduser()
     if not root.is_dir():
         print(f"gpwatch: {root}: the upload folder does not exist", file=sys.stderr)

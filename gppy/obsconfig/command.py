@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import sys
 
-from gppy.obsconfig.loader import (UnknownObservatory, load_all, load_profile,
-                                   profile_as_dict, user_dir)
-from gppy.obsconfig.validate import ProfileError
+from gppy.obsconfig.loader import load_all, load_profile, profile_as_dict, user_dir
 
 
 def register(sub) -> None:
@@ -38,12 +35,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_show(args) -> int:
-    try:
-        profile = load_profile(args.name)
-    except (UnknownObservatory, ProfileError) as exc:
-        print(f"gppy obs show: {exc}", file=sys.stderr)
-        return 2
-    data = profile_as_dict(profile)
+    data = profile_as_dict(load_profile(args.name))
     print(json.dumps(data, indent=2) if args.json else to_toml(data))
     return 0
 

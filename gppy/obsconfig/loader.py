@@ -16,6 +16,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from gppy.errors import InputError
 from gppy.obsconfig import nights
 from gppy.obsconfig.schema import CANONICAL_KEYWORDS, Profile
 from gppy.obsconfig.validate import KeyPath, ProfileError, build
@@ -26,7 +27,7 @@ DEFAULTS_FILE = PACKAGED_DIR / "_defaults.toml"
 FILE_NAME_FIELDS = {"object", "filter", "imagetyp", "type", "exptime", "seq", "date", "time", "obs"}
 
 
-class UnknownObservatory(LookupError):
+class UnknownObservatory(InputError, LookupError):
     pass
 
 

@@ -11,10 +11,12 @@ import types
 import typing
 from typing import Any, Callable, Literal
 
+from gppy.errors import InputError
+
 KeyPath = tuple[str, ...]
 
 
-class ProfileError(ValueError):
+class ProfileError(InputError, ValueError):
     """An observatory profile that cannot be used; `problems` lists every reason."""
 
     def __init__(self, problems: list[str]):

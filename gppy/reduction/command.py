@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-from gppy.obsconfig.loader import UnknownObservatory, load_profile
-from gppy.obsconfig.validate import ProfileError
+from gppy.obsconfig.loader import load_profile
 from gppy.reduction.inventory import find_frames, group, read_frame
 
 JSON_KEYS = ("file", "type", "reason", "filter", "exptime", "dateobs", "mjd", "object", "ra",
@@ -24,11 +22,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    try:
-        profile = load_profile(args.obs)
-    except (UnknownObservatory, ProfileError) as exc:
-        print(f"gppy inspect: {exc}", file=sys.stderr)
-        return 2
+    profile = load_profile(args.obs)
     files: list[Path] = []
     for p in map(Path, args.paths):
         files.extend(find_frames(p, profile) if p.is_dir() else [p])

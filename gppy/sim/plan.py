@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import asdict, dataclass, field
+import dataclasses
+from dataclasses import asdict, dataclass
 from functools import cached_property
 
 import numpy as np
@@ -37,6 +38,10 @@ SLEW_S = 60.0
 DITHER_BOX_ARCSEC = 60.0
 POINTING_ERROR_ARCSEC = 20.0     # rms per axis, per field and night
 POINTING_JITTER_ARCSEC = 1.5     # rms per axis, frame to frame
+
+
+class SimulationError(ValueError):
+    """A run that cannot be simulated as asked (bad filter, file-name template, ...)."""
 
 
 @dataclass(frozen=True)
@@ -105,9 +110,9 @@ class Frame:
     sky_mag_arcsec2: float | None = None
     sky_e_per_s: float | None = None   # per pixel at the optical axis, before the flat
     sky_adu_per_s: float | None = None
-    sky_gradient_per_px: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    sky_gradient_per_px: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.0])
     wcs: dict | None = None            # true WCS header cards (science frames)
-    point_sources: list[list[float]] = field(default_factory=list)  # flats: [x, y, e-/s]
+    point_sources: list[list[float]] = dataclasses.field(default_factory=list)  # flats: [x, y, e-/s]
 
     def as_dict(self) -> dict:
         return asdict(self)

@@ -27,14 +27,12 @@ class Telescope:
 
 
 def telescope_for(profile_name: str) -> Telescope:
-    """Values for a profile name: exact key, else a key followed by a unit number, else default."""
+    """Values for a profile name: the exact key, else the longest key it starts with
+    followed by a unit number or '_' and a camera ('7DT05', 'DOAO_APOGEE'), else default."""
     table = tomllib.loads(resources.files("gppy.sim").joinpath("data/telescopes.toml").read_text())
-    keys = {k.casefold(): k for k in table}
     name = profile_name.casefold()
-    key = keys.get(name)
-    if key is None:
-        key = next((k for folded, k in keys.items()
-                    if re.fullmatch(re.escape(folded) + r"\d+", name)), "default")
+    matches = [k for k in table if re.fullmatch(re.escape(k.casefold()) + r"(\d+|_.*)?", name)]
+    key = max(matches, key=len, default="default")
     return Telescope(**{**table["default"], **table[key]})
 
 

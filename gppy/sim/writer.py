@@ -16,7 +16,7 @@ from gppy.fitsio import write_atomic
 from gppy.obsconfig.headers import imagetyp_alias
 from gppy.obsconfig.nights import format_night
 from gppy.obsconfig.schema import Profile
-from gppy.sim.plan import Frame
+from gppy.sim.plan import Frame, SimulationError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9.+-]+")
 
@@ -69,10 +69,10 @@ def file_name(profile: Profile, frame: Frame) -> str:
 def assign_file_names(profile: Profile, frames: list[Frame]) -> None:
     names = [file_name(profile, f) for f in frames]
     if len(set(names)) != len(names):
-        raise ValueError(f"dialect.file_name {profile.dialect.file_name!r} gives the same name to "
+        raise SimulationError(f"dialect.file_name {profile.dialect.file_name!r} gives the same name to "
                          f"several frames of a night; it needs {{seq}} or {{time}}")
     if not any(fnmatch.fnmatch(names[0], g) for g in profile.raw.file_glob):
-        raise ValueError(f"file name {names[0]!r} matches none of raw.file_glob {profile.raw.file_glob}")
+        raise SimulationError(f"file name {names[0]!r} matches none of raw.file_glob {profile.raw.file_glob}")
     for frame, name in zip(frames, names):
         frame.file = name
 

@@ -1,0 +1,9 @@
+"""The base of errors caused by what the user gave (a name, a profile, a folder).
+
+The command-line entry points report them in one line with exit code 2, without
+a traceback; anything else is a bug and keeps its traceback.
+"""
+
+
+class InputError(Exception):
+    pass
