@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "gppy.reduction.command",     # gppy inspect
     "gppy.sim.command",           # gppy simulate
     "gppy.daemon.command",        # gppy process
+    "gppy.bench.command",         # gppy bench combine
 )
 
 

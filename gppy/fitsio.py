@@ -46,7 +46,7 @@ def _data_nbytes(header: fits.Header) -> int:
     return abs(header.get("BITPIX", 8)) // 8 * header.get("GCOUNT", 1) * (header.get("PCOUNT", 0) + n)
 
 
-def _image_hdu_index(hdul: fits.HDUList) -> int:
+def image_hdu_index(hdul: fits.HDUList) -> int:
     for i, hdu in enumerate(hdul):
         if hdu.is_image and hdu.header.get("NAXIS", 0) >= 2:
             return i
@@ -67,7 +67,7 @@ def read_header(path: str | os.PathLike) -> tuple[fits.Header, tuple[int, int]]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # truncation is checked below, not warned about
             with fits.open(path, memmap=False, lazy_load_hdus=False) as hdul:
-                index = _image_hdu_index(hdul)
+                index = image_hdu_index(hdul)
                 if index < 0:
                     raise BadFrame(path, "no 2-D image in any HDU")
                 hdr = hdul[index].header.copy()
@@ -88,7 +88,7 @@ def read_image(path: str | os.PathLike, dtype=np.float32) -> np.ndarray:
     """The pixel data of the first 2-D image HDU, scaled (BZERO/BSCALE) to `dtype`."""
     read_header(path)  # the same checks as the inventory
     with fits.open(path, memmap=False) as hdul:
-        return np.asarray(hdul[_image_hdu_index(hdul)].data, dtype=dtype)
+        return np.asarray(hdul[image_hdu_index(hdul)].data, dtype=dtype)
 
 
 @contextmanager

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gppy.errors import InputError
+
 H_PLANCK = 6.62607015e-34        # J s
 K_BOLTZMANN = 1.380649e-23       # J/K
 C_LIGHT = 2.99792458e8           # m/s
@@ -71,9 +73,13 @@ BANDS: dict[str, Band] = {b.name: b for b in (
 BAND_ALIASES = {"L": "clear", "Clear": "clear", "C": "clear", "N": "clear", "w": "clear"}
 
 
-class UnknownBand(KeyError):
+class UnknownBand(InputError, KeyError):
     def __str__(self) -> str:
         return self.args[0]
+
+
+def has_band(name: str) -> bool:
+    return BAND_ALIASES.get(name, name) in BANDS
 
 
 def band(name: str) -> Band:

@@ -29,7 +29,8 @@ def sun_radec_deg(jd: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = np.asarray(jd) - J2000_JD
     mean_long = np.radians(280.460 + 0.9856474 * n)
     anomaly = np.radians(357.528 + 0.9856003 * n)
-    ecl_long = mean_long + np.radians(1.915) * np.sin(anomaly) + np.radians(0.020) * np.sin(2 * anomaly)
+    ecl_long = (mean_long + np.radians(1.915) * np.sin(anomaly)
+                + np.radians(0.020) * np.sin(2 * anomaly))
     obliquity = np.radians(23.439 - 4e-7 * n)
     ra = np.degrees(np.arctan2(np.cos(obliquity) * np.sin(ecl_long), np.cos(ecl_long))) % 360.0
     dec = np.degrees(np.arcsin(np.sin(obliquity) * np.sin(ecl_long)))

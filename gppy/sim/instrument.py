@@ -4,15 +4,15 @@ noise and digitisation.
 Raw pixel model (ADU), for a frame of exposure t seconds:
 
     e    = Poisson(t (F S + D)) + cosmic rays          [electrons]
-    e    = bloom(e)                                     (CCD: charge above full well runs along the column)
+    e    = bloom(e)             (CCD: charge above full well runs along the column)
     raw  = clip(round(bias + bias_offset + e / g + N(0, σ_read / g)), 0, saturation_adu)
 
 with S the sky and sources in e-/s, F the flat (median 1), D the dark current in
 e-/s and g the gain. CCDs get a column pattern in the bias, a hot column segment,
 a bias-bright column and a low-sensitivity column; CMOS sensors get no bad
 columns but more hot pixels, a weaker column pattern and amplifier glow in a
-corner. Everything is drawn on the simulated (sub-)array, positioned within the
-full detector so that vignetting and the number of defects scale honestly.
+corner. Everything is drawn on the simulated (sub-)array, centred in the full
+detector, so that vignetting and the number of defects scale honestly.
 """
 
 from __future__ import annotations
@@ -51,22 +51,14 @@ class Detector:
     bias_level_adu: float            # the scalar level inside bias_adu
 
 
-def subarray_origin(camera: Camera, shape: tuple[int, int]) -> tuple[int, int]:
-    """(x0, y0) of a centred sub-array within the full detector (may be negative
-    when the simulated array is larger than the detector)."""
+def _axis_coords(camera: Camera, shape: tuple[int, int], axis_offset_px: tuple[float, float]):
+    """Pixel-centre coordinates from the optical axis (the centred sub-array's
+    centre plus `axis_offset_px`), in units of the full detector's half-diagonal
+    (r = 1 at a full-detector corner)."""
     ny, nx = shape
-    return (camera.detector_px[0] - nx) // 2, (camera.detector_px[1] - ny) // 2
-
-
-def _full_coords(camera: Camera, shape):
-    """Pixel-centre coordinates relative to the full detector's centre, in units of
-    its half-diagonal (r = 1 at a corner)."""
-    ny, nx = shape
-    x0, y0 = subarray_origin(camera, shape)
-    fx, fy = camera.detector_px
-    half_diag = 0.5 * np.hypot(fx, fy)
-    u = (np.arange(nx) + x0 - (fx - 1) / 2) / half_diag
-    v = (np.arange(ny) + y0 - (fy - 1) / 2) / half_diag
+    half_diag = 0.5 * np.hypot(*camera.detector_px)
+    u = (np.arange(nx) - (nx - 1) / 2 - axis_offset_px[0]) / half_diag
+    v = (np.arange(ny) - (ny - 1) / 2 - axis_offset_px[1]) / half_diag
     return u, v, half_diag
 
 
@@ -87,14 +79,15 @@ def _donuts(rng, image, count_full, half_diag, area_fraction, radius_px, depth):
         image[y0:y1, x0:x1] *= 1.0 - d * np.exp(-0.5 * ((r - r0) / width) ** 2)
 
 
-def build_detector(seed: int, camera: Camera, shape: tuple[int, int],
-                   band_names: list[str]) -> Detector:
-    """Draw the camera's true bias, dark and per-band flats."""
+def build_detector(seed: int, camera: Camera, shape: tuple[int, int], band_names: list[str],
+                   axis_offset_px: tuple[float, float] = (0.0, 0.0)) -> Detector:
+    """Draw the camera's true bias, dark and per-band flats; vignetting is centred
+    on the optical axis."""
     rng = stream(seed, "detector")
     ny, nx = shape
     ccd = camera.kind == "CCD"
     gain = camera.gain_e_per_adu
-    u, v, half_diag = _full_coords(camera, shape)
+    u, v, half_diag = _axis_coords(camera, shape, axis_offset_px)
     area_fraction = nx * ny / (camera.detector_px[0] * camera.detector_px[1])
 
     # bias: level, gentle gradient, fixed column pattern, (CCD) a bright column
@@ -114,10 +107,11 @@ def build_detector(seed: int, camera: Camera, shape: tuple[int, int],
     if ccd:
         col, start = rng.integers(0, nx), rng.integers(0, ny)
         dark[start:, col] += rng.uniform(0.5, 3.0)
-    else:
-        corner_x = np.exp(-np.arange(nx)[::-1] / (0.05 * half_diag))
-        corner_y = np.exp(-np.arange(ny) / (0.05 * half_diag))
-        dark += 20 * base * corner_y[:, None] * corner_x[None, :]
+    else:  # amplifier glow from the full detector's lower right corner
+        fx, fy = camera.detector_px
+        glow_x = np.exp(-(0.5 * fx - u * half_diag) / (0.05 * half_diag))
+        glow_y = np.exp(-(0.5 * fy + v * half_diag) / (0.05 * half_diag))
+        dark += 20 * base * glow_y[:, None] * glow_x[None, :]
 
     # flat: vignetting, dust on the window (all bands) and on each filter, PRNU
     r2 = u[None, :] ** 2 + v[:, None] ** 2

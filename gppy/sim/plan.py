@@ -11,17 +11,17 @@ commanded pointing and the true WCS.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
-import dataclasses
 from dataclasses import asdict, dataclass
 from functools import cached_property
 
 import numpy as np
 
+from gppy.errors import InputError
 from gppy.obsconfig.schema import Profile
 from gppy.sim import atmosphere, ephem
-from gppy.sim.bands import band
 from gppy.sim.instrument import READOUT_S, SET_TEMPERATURE_C, read_noise_e
 from gppy.sim.pointing import Optics, offset_arcsec, true_wcs_cards
 from gppy.sim.psf import PSF
@@ -40,7 +40,7 @@ POINTING_ERROR_ARCSEC = 20.0     # rms per axis, per field and night
 POINTING_JITTER_ARCSEC = 1.5     # rms per axis, frame to frame
 
 
-class SimulationError(ValueError):
+class SimulationError(InputError, ValueError):
     """A run that cannot be simulated as asked (bad filter, file-name template, ...)."""
 
 
@@ -112,7 +112,7 @@ class Frame:
     sky_adu_per_s: float | None = None
     sky_gradient_per_px: list[float] = dataclasses.field(default_factory=lambda: [0.0, 0.0])
     wcs: dict | None = None            # true WCS header cards (science frames)
-    point_sources: list[list[float]] = dataclasses.field(default_factory=list)  # flats: [x, y, e-/s]
+    point_sources: list[list[float]] = dataclasses.field(default_factory=list)  # flats: x, y, e-/s
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -140,7 +140,8 @@ def nominal_depth(cfg: RunConfig, band_name: str, airmass: float = 1.2) -> float
 
 def science_start_jd(cfg: RunConfig, night: dt.date) -> float:
     site = cfg.profile.site
-    return ephem.evening_crossing_jd(night, site.latitude_deg, site.longitude_deg, SCIENCE_SUN_ALT_DEG)
+    return ephem.evening_crossing_jd(night, site.latitude_deg, site.longitude_deg,
+                                     SCIENCE_SUN_ALT_DEG)
 
 
 def science_block_s(cfg: RunConfig) -> float:
@@ -160,140 +161,155 @@ def choose_fields(cfg: RunConfig, fields: list[Field]) -> list[Field]:
     return [fields[i] for i in order[:cfg.n_fields]]
 
 
-class _Clock:
-    """Night time in Julian days, advanced frame by frame."""
-
-    def __init__(self, jd: float):
-        self.jd = jd
-
-    def advance(self, seconds: float) -> None:
-        self.jd += seconds / 86400.0
-
-
 def _iso(jd: float) -> str:
     return ephem.datetime_from_jd(jd).isoformat(timespec="milliseconds")
 
 
-def _psf(cfg: RunConfig, rng, fwhm_arcsec: float, beta: float, static: dict) -> PSF:
-    ny, nx = cfg.shape
-    return PSF(fwhm_px=fwhm_arcsec / cfg.profile.camera.pixscale_arcsec, beta=beta,
-               ellipticity=float(rng.uniform(0.01, 0.08)), theta_deg=float(rng.uniform(0, 180)),
-               axis_x=(nx - 1) / 2 + cfg.optics.axis_offset_px[0],
-               axis_y=(ny - 1) / 2 + cfg.optics.axis_offset_px[1], **static)
+class _NightPlanner:
+    """Draws one night's conditions and lays its frames out in time."""
+
+    def __init__(self, cfg: RunConfig, night_index: int):
+        self.cfg, self.night_index = cfg, night_index
+        self.cam, self.site, self.tel = cfg.profile.camera, cfg.profile.site, cfg.telescope
+        self.night = cfg.night(night_index)
+        self.rng = rng = stream(cfg.seed, "night", night_index)
+        self.half_diag_px = 0.5 * math.hypot(*self.cam.detector_px)
+        growth, radial_e = stream(cfg.seed, "psf-field").uniform((0.03, 0.02), (0.10, 0.06))
+        self.static_psf = {"field_growth": float(growth), "field_ellipticity": float(radial_e),
+                           "norm_radius_px": self.half_diag_px}
+        self.seeing_arcsec = self.tel.seeing_arcsec * float(rng.lognormal(0.0, 0.15))
+        self.beta = float(rng.uniform(3.0, 4.5))
+        self.cloud_mag = abs(float(rng.normal(0.0, 0.03)))
+        self.sky_offset_mag = float(rng.normal(0.0, 0.15))
+        self.rotation_deg = float(rng.normal(0.0, 0.02))
+        self.frames: list[Frame] = []
+        self.wheel = cfg.bands[0]
+        self.jd = 0.0
+
+    def sun_alt(self, jd: float) -> float:
+        return float(ephem.sun_altitude_deg(jd, self.site.latitude_deg, self.site.longitude_deg))
+
+    def crossing(self, sun_altitude: float) -> float:
+        site = self.site
+        return ephem.evening_crossing_jd(self.night, site.latitude_deg, site.longitude_deg,
+                                         sun_altitude)
+
+    def zp_top(self, band_name: str) -> float:
+        return zero_point_e_mag(self.tel, band_name, self.cam.kind)
+
+    def sky_rate(self, band_name: str, mu: float) -> float:
+        """e-/s per pixel from a sky of `mu` mag/arcsec^2."""
+        return 10 ** (-0.4 * (mu - self.zp_top(band_name))) * self.cam.pixscale_arcsec ** 2
+
+    def twilight_rate(self, band_name: str, jd: float) -> float:
+        mu = atmosphere.sky_mag(band_name, self.sun_alt(jd), 1.0, 0.0, self.tel.sky_offset_mag)
+        return self.sky_rate(band_name, mu)
+
+    def add(self, ftype: str, exptime: float, **kw) -> None:
+        rng = self.rng
+        self.frames.append(Frame(
+            seq=len(self.frames) + 1, type=ftype, filter=kw.pop("filter", self.wheel),
+            exptime_s=float(exptime), dateobs=_iso(self.jd), mjd=round(self.jd - 2400000.5, 8),
+            ccd_temp_c=round(SET_TEMPERATURE_C[self.cam.kind] + float(rng.normal(0, 0.1)), 2),
+            bias_offset_adu=float(rng.normal(0.0, 0.5)), sun_alt_deg=self.sun_alt(self.jd), **kw))
+        self.jd += (exptime + self.cfg.readout_s + OVERHEAD_S) / 86400.0
+
+    def conditions(self, band_name: str, altitude: float, sun_alt: float, gradient: float,
+                   sky_mag: float | None = None) -> dict:
+        """Airmass, PSF, zero points, sky (the model's unless `sky_mag` is given)."""
+        rng, gain = self.rng, self.cam.gain_e_per_adu
+        x = float(atmosphere.airmass(altitude))
+        k = atmosphere.extinction_mag_per_airmass(band_name, self.site.height_m)
+        ext = k * x + self.cloud_mag + abs(float(rng.normal(0.0, 0.01)))
+        if sky_mag is None:
+            sky_mag = (atmosphere.sky_mag(band_name, sun_alt, x, k, self.tel.sky_offset_mag)
+                       + self.sky_offset_mag)
+        sky_e = self.sky_rate(band_name, sky_mag)
+        fwhm = self.seeing_arcsec * x ** 0.6 * float(rng.lognormal(0.0, 0.08))
+        ny, nx = self.cfg.shape
+        psf = PSF(fwhm_px=fwhm / self.cam.pixscale_arcsec,
+                  beta=float(np.clip(self.beta + rng.normal(0, 0.1), 2.5, 5.0)),
+                  ellipticity=float(rng.uniform(0.01, 0.08)), theta_deg=float(rng.uniform(0, 180)),
+                  axis_x=(nx - 1) / 2 + self.cfg.optics.axis_offset_px[0],
+                  axis_y=(ny - 1) / 2 + self.cfg.optics.axis_offset_px[1], **self.static_psf)
+        angle = rng.uniform(0, 2 * np.pi)
+        zp_e = self.zp_top(band_name) - ext
+        return dict(filter=band_name, airmass=round(x, 4), fwhm_arcsec=fwhm, psf=psf.as_dict(),
+                    zp_e_mag=zp_e, zp_mag=zp_e - 2.5 * math.log10(gain), extinction_mag=ext,
+                    sky_mag_arcsec2=sky_mag, sky_e_per_s=sky_e, sky_adu_per_s=sky_e / gain,
+                    sky_gradient_per_px=[gradient * math.cos(angle) / self.half_diag_px,
+                                         gradient * math.sin(angle) / self.half_diag_px])
+
+    def calibrations(self) -> None:
+        """Biases, then darks at each exposure time, ending 10 min before sunset."""
+        cfg = self.cfg
+        per_frame = cfg.readout_s + OVERHEAD_S
+        total_s = cfg.n_bias * per_frame + sum(cfg.darks_per_exptime * (t + per_frame)
+                                               for t in cfg.dark_exptimes_s)
+        self.jd = self.crossing(-0.83) - (600 + total_s) / 86400.0
+        for _ in range(cfg.n_bias):
+            self.add("bias", 0.0)
+        for exptime in cfg.dark_exptimes_s:
+            for _ in range(cfg.darks_per_exptime):
+                self.add("dark", exptime)
+
+    def twilight_flats(self) -> None:
+        """Evening sky flats near the zenith with a few faint stars in each."""
+        cfg, rng, ny, nx = self.cfg, self.rng, *self.cfg.shape
+        self.jd = self.crossing(FLAT_SUN_ALT_DEG)
+        full_e = self.cam.saturation_adu * self.cam.gain_e_per_adu
+        for band_name in sorted(cfg.bands, key=lambda b: self.twilight_rate(b, self.jd)):
+            rate_seen = self.twilight_rate(band_name, self.jd)
+            for _ in range(cfg.n_flat):
+                target_e = full_e * rng.uniform(0.3, 0.55)     # of the saturation level
+                while target_e / rate_seen < MIN_FLAT_EXPTIME_S:  # too bright yet: wait
+                    self.jd += 20.0 / 86400.0
+                    rate_seen = self.twilight_rate(band_name, self.jd)
+                exptime = round(min(target_e / rate_seen, MAX_FLAT_EXPTIME_S), 1)
+                mid = self.jd + exptime / 2 / 86400.0
+                mu = atmosphere.sky_mag(band_name, self.sun_alt(mid), 1.0, 0.0,
+                                        self.tel.sky_offset_mag)
+                cond = self.conditions(band_name, 89.0, self.sun_alt(mid), 0.015, sky_mag=mu)
+                cond["point_sources"] = [
+                    [float(rng.uniform(0, nx)), float(rng.uniform(0, ny)),
+                     cond["sky_e_per_s"] * float(rng.uniform(0.5, 4))]
+                    for _ in range(int(rng.poisson(10 * nx * ny / 2048 ** 2)) + 2)]
+                lst = float(ephem.local_sidereal_deg(self.jd, self.site.longitude_deg))
+                self.add("flat", exptime, ra_cmd_deg=lst, dec_cmd_deg=self.site.latitude_deg - 1.0,
+                         **cond)
+                rate_seen = self.twilight_rate(band_name, self.jd)   # what the observer last saw
+            self.wheel = band_name
+
+    def science(self, fields: list[Field]) -> None:
+        """Each field in turn, each band, `nscience` dithered frames."""
+        cfg, rng, cam, site = self.cfg, self.rng, self.cam, self.site
+        self.jd = max(self.jd + 300 / 86400.0, science_start_jd(cfg, self.night))
+        for fld in fields:
+            self.jd += SLEW_S / 86400.0
+            pointing_rng = stream(cfg.seed, "pointing", self.night_index, fld.name)
+            error = pointing_rng.normal(0.0, POINTING_ERROR_ARCSEC, 2)
+            for band_name in cfg.bands:
+                for _ in range(cfg.nscience):
+                    dither = rng.uniform(-DITHER_BOX_ARCSEC / 2, DITHER_BOX_ARCSEC / 2, 2)
+                    ra_cmd, dec_cmd = offset_arcsec(fld.ra_deg, fld.dec_deg, *dither)
+                    east, north = error + rng.normal(0.0, POINTING_JITTER_ARCSEC, 2)
+                    ra_true, dec_true = offset_arcsec(ra_cmd, dec_cmd, east, north)
+                    mid = self.jd + cfg.exptime_s / 2 / 86400.0
+                    alt = float(ephem.altitude_deg(mid, fld.ra_deg, fld.dec_deg, site.latitude_deg,
+                                                   site.longitude_deg))
+                    cond = self.conditions(band_name, alt, self.sun_alt(mid), 0.005)
+                    wcs = true_wcs_cards(cfg.optics, cam.pixscale_arcsec, cfg.shape,
+                                         ra_true, dec_true, self.rotation_deg)
+                    self.add("science", cfg.exptime_s, object=fld.name, field=fld.name,
+                             ra_cmd_deg=ra_cmd, dec_cmd_deg=dec_cmd, wcs=wcs, **cond)
+                self.wheel = band_name
+                self.jd += 10.0 / 86400.0  # filter change
 
 
 def plan_night(cfg: RunConfig, night_index: int, fields: list[Field]) -> list[Frame]:
     """All frames of one night, in time order, file names not yet assigned."""
-    prof, cam, site, tel = cfg.profile, cfg.profile.camera, cfg.profile.site, cfg.telescope
-    rng = stream(cfg.seed, "night", night_index)
-    night = cfg.night(night_index)
-    gain = cam.gain_e_per_adu
-    optics = cfg.optics
-    ny, nx = cfg.shape
-    half_diag = 0.5 * math.hypot(*cam.detector_px)
-    growth, radial_e = stream(cfg.seed, "psf-field").uniform((0.03, 0.02), (0.10, 0.06))
-    static_psf = {"field_growth": float(growth), "field_ellipticity": float(radial_e),
-                  "norm_radius_px": half_diag}
-    seeing = tel.seeing_arcsec * float(rng.lognormal(0.0, 0.15))
-    beta = float(rng.uniform(3.0, 4.5))
-    cloud = abs(float(rng.normal(0.0, 0.03)))
-    sky_offset = float(rng.normal(0.0, 0.15))
-    rotation = float(rng.normal(0.0, 0.02))
-    set_temp = SET_TEMPERATURE_C[cam.kind]
-    frames: list[Frame] = []
-    wheel = cfg.bands[0]
-
-    def add(ftype: str, exptime: float, clock: _Clock, **kw) -> Frame:
-        sun = float(ephem.sun_altitude_deg(clock.jd, site.latitude_deg, site.longitude_deg))
-        frame = Frame(seq=len(frames) + 1, type=ftype, filter=kw.pop("filter", wheel),
-                      exptime_s=float(exptime), dateobs=_iso(clock.jd),
-                      mjd=round(clock.jd - 2400000.5, 8),
-                      ccd_temp_c=round(set_temp + float(rng.normal(0, 0.1)), 2),
-                      bias_offset_adu=float(rng.normal(0.0, 0.5)), sun_alt_deg=sun, **kw)
-        frames.append(frame)
-        clock.advance(exptime + cfg.readout_s + OVERHEAD_S)
-        return frame
-
-    def conditions(band_name: str, altitude: float, sun_alt: float, gradient: float) -> dict:
-        x = float(atmosphere.airmass(altitude))
-        k = atmosphere.extinction_mag_per_airmass(band_name, site.height_m)
-        ext = k * x + cloud + abs(float(rng.normal(0.0, 0.01)))
-        zp_top = zero_point_e_mag(tel, band_name, cam.kind)
-        mu = atmosphere.sky_mag(band_name, sun_alt, x, k, tel.sky_offset_mag) + sky_offset
-        sky_e = 10 ** (-0.4 * (mu - zp_top)) * cam.pixscale_arcsec ** 2
-        fwhm = seeing * x ** 0.6 * float(rng.lognormal(0.0, 0.08))
-        psf = _psf(cfg, rng, fwhm, float(np.clip(beta + rng.normal(0, 0.1), 2.5, 5.0)), static_psf)
-        angle = rng.uniform(0, 2 * np.pi)
-        return dict(filter=band_name, airmass=round(x, 4), fwhm_arcsec=fwhm, psf=psf.as_dict(),
-                    zp_e_mag=zp_top - ext, zp_mag=zp_top - ext - 2.5 * math.log10(gain),
-                    extinction_mag=ext, sky_mag_arcsec2=mu, sky_e_per_s=sky_e,
-                    sky_adu_per_s=sky_e / gain,
-                    sky_gradient_per_px=[gradient * math.cos(angle) / half_diag,
-                                         gradient * math.sin(angle) / half_diag])
-
-    # biases and darks, finishing 10 minutes before sunset
-    sunset = ephem.evening_crossing_jd(night, site.latitude_deg, site.longitude_deg, -0.83)
-    calib_s = (cfg.n_bias * (cfg.readout_s + OVERHEAD_S)
-               + sum(cfg.darks_per_exptime * (t + cfg.readout_s + OVERHEAD_S) for t in cfg.dark_exptimes_s))
-    clock = _Clock(sunset - (600 + calib_s) / 86400.0)
-    for _ in range(cfg.n_bias):
-        add("bias", 0.0, clock)
-    for exptime in cfg.dark_exptimes_s:
-        for _ in range(cfg.darks_per_exptime):
-            add("dark", exptime, clock)
-
-    # twilight flats near the zenith
-    clock = _Clock(ephem.evening_crossing_jd(night, site.latitude_deg, site.longitude_deg,
-                                             FLAT_SUN_ALT_DEG))
-    full_e = cam.saturation_adu * gain
-
-    def twilight_rate(band_name: str, jd: float) -> float:
-        sun = float(ephem.sun_altitude_deg(jd, site.latitude_deg, site.longitude_deg))
-        mu = atmosphere.sky_mag(band_name, sun, 1.0, 0.0, tel.sky_offset_mag)
-        return 10 ** (-0.4 * (mu - zero_point_e_mag(tel, band_name, cam.kind))) * cam.pixscale_arcsec ** 2
-
-    for band_name in sorted(cfg.bands, key=lambda b: twilight_rate(b, clock.jd)):
-        rate_seen = twilight_rate(band_name, clock.jd)
-        for _ in range(cfg.n_flat):
-            target = full_e * rng.uniform(0.3, 0.55)     # of the saturation level
-            while target / rate_seen < MIN_FLAT_EXPTIME_S:       # too bright yet: wait
-                clock.advance(20.0)
-                rate_seen = twilight_rate(band_name, clock.jd)
-            exptime = round(min(target / rate_seen, MAX_FLAT_EXPTIME_S), 1)
-            sun = float(ephem.sun_altitude_deg(clock.jd, site.latitude_deg, site.longitude_deg))
-            cond = conditions(band_name, 89.0, sun, 0.015)
-            rate_mid = twilight_rate(band_name, clock.jd + exptime / 2 / 86400.0)
-            cond.update(sky_e_per_s=rate_mid, sky_adu_per_s=rate_mid / gain,
-                        sky_mag_arcsec2=zero_point_e_mag(tel, band_name, cam.kind)
-                        - 2.5 * math.log10(rate_mid / cam.pixscale_arcsec ** 2))
-            n_stars = int(rng.poisson(10 * nx * ny / 2048 ** 2)) + 2
-            cond["point_sources"] = [[float(rng.uniform(0, nx)), float(rng.uniform(0, ny)),
-                                      float(rate_mid * rng.uniform(20, 200))] for _ in range(n_stars)]
-            lst = float(ephem.local_sidereal_deg(clock.jd, site.longitude_deg))
-            add("flat", exptime, clock, ra_cmd_deg=lst, dec_cmd_deg=site.latitude_deg - 1.0, **cond)
-            rate_seen = twilight_rate(band_name, clock.jd)
-        wheel = band_name
-
-    # science: each field, each band, dithered
-    clock = _Clock(max(clock.jd + 300 / 86400.0, science_start_jd(cfg, night)))
-    for fld in fields:
-        clock.advance(SLEW_S)
-        field_rng = stream(cfg.seed, "pointing", night_index, fld.name)
-        error = field_rng.normal(0.0, POINTING_ERROR_ARCSEC, 2)
-        for band_name in cfg.bands:
-            for _ in range(cfg.nscience):
-                dither = rng.uniform(-DITHER_BOX_ARCSEC / 2, DITHER_BOX_ARCSEC / 2, 2)
-                ra_cmd, dec_cmd = offset_arcsec(fld.ra_deg, fld.dec_deg, *dither)
-                east, north = error + rng.normal(0.0, POINTING_JITTER_ARCSEC, 2)
-                ra_true, dec_true = offset_arcsec(ra_cmd, dec_cmd, east, north)
-                mid = clock.jd + cfg.exptime_s / 2 / 86400.0
-                sun = float(ephem.sun_altitude_deg(mid, site.latitude_deg, site.longitude_deg))
-                alt = float(ephem.altitude_deg(mid, fld.ra_deg, fld.dec_deg, site.latitude_deg,
-                                               site.longitude_deg))
-                cond = conditions(band_name, alt, sun, 0.005)
-                wcs = true_wcs_cards(optics, cam.pixscale_arcsec, cfg.shape, ra_true, dec_true, rotation)
-                add("science", cfg.exptime_s, clock, object=fld.name, field=fld.name,
-                    ra_cmd_deg=ra_cmd, dec_cmd_deg=dec_cmd, wcs=wcs, **cond)
-            wheel = band_name
-            clock.advance(10.0)  # filter change
-    return frames
+    planner = _NightPlanner(cfg, night_index)
+    planner.calibrations()
+    planner.twilight_flats()
+    planner.science(fields)
+    return planner.frames

@@ -38,7 +38,8 @@ def build(star_tables: list[Table], band_names: list[str], seed: int) -> Table:
     stars = stars[stars["vmag_ab"] < FAINT_LIMIT_VMAG]
     n = len(stars)
     dec = np.asarray(stars["dec"]) + rng.normal(0, POSITION_ERROR_ARCSEC / 3600, n)
-    ra = np.asarray(stars["ra"]) + rng.normal(0, POSITION_ERROR_ARCSEC / 3600, n) / np.cos(np.radians(dec))
+    ra = (np.asarray(stars["ra"])
+          + rng.normal(0, POSITION_ERROR_ARCSEC / 3600, n) / np.cos(np.radians(dec)))
     out = Table({"id": stars["id"], "ra": ra % 360.0, "dec": dec})
     for name in band_names:
         true = np.asarray(stars[f"mag_{name}"])
@@ -49,7 +50,8 @@ def build(star_tables: list[Table], band_names: list[str], seed: int) -> Table:
         out[f"mag_{name}"] = np.where(missing, np.nan, mag)
         out[f"magerr_{name}"] = np.where(missing, np.nan, err)
     out.meta["comments"] = [
-        "gppy simulated reference catalogue: truth stars with vmag_ab < %.1f plus errors" % FAINT_LIMIT_VMAG,
+        f"gppy simulated reference catalogue: truth stars with vmag_ab < {FAINT_LIMIT_VMAG}, "
+        "measured with errors",
         "magnitudes: natural-system AB of the simulated camera; positions J2000/ICRS degrees"]
     return out
 

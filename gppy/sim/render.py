@@ -11,7 +11,8 @@ import numpy as np
 
 from gppy.sim import instrument
 from gppy.sim.pointing import spherical_offset, wcs_from_cards
-from gppy.sim.psf import PSF, render_points, render_sersic, sersic_extent
+from gppy.sim.psf import (PSF, convolve_tiles, kernel_radius, render_points, render_sersic,
+                          sersic_extent)
 
 _MARGIN_PX = 200   # sources this far outside the array may still shine onto it
 
@@ -38,6 +39,27 @@ def _rate(mag, zp_e_mag):
     return 10 ** (-0.4 * (np.asarray(mag, dtype=float) - zp_e_mag))
 
 
+def _galaxies(rows, x, y, wcs, psf: PSF, shape, rate) -> np.ndarray:
+    """PSF-convolved galaxy light (e-/s) on the frame; major axis and r_eff are
+    mapped through the WCS (the point r_eff away along the position angle)."""
+    tip_ra, tip_dec = spherical_offset(rows["ra"], rows["dec"], rows["pa_deg"],
+                                       rows["r_eff_arcsec"] / 3600.0)
+    tip_x, tip_y = wcs.all_world2pix(tip_ra, tip_dec, 0, tolerance=1e-8, maxiter=50)
+    r_eff_px = np.hypot(tip_x - x, tip_y - y)
+    angle = np.arctan2(tip_y - y, tip_x - x)
+    extent_px = sersic_extent(np.asarray(rows["sersic_n"]))[0] * r_eff_px
+    pad = kernel_radius(psf, shape)
+    ny, nx = shape
+    layer = np.zeros((ny + 2 * pad, nx + 2 * pad))
+    for i in range(len(rows)):
+        reach = extent_px[i] + pad
+        if x[i] + reach < 0 or x[i] - reach >= nx or y[i] + reach < 0 or y[i] - reach >= ny:
+            continue
+        render_sersic(layer, x[i] + pad, y[i] + pad, float(rate[i]), float(rows["sersic_n"][i]),
+                      float(r_eff_px[i]), float(rows["axis_ratio"][i]), float(angle[i]))
+    return convolve_tiles(layer, psf, pad)
+
+
 def source_rate(truth, frame: dict) -> np.ndarray:
     """Sky plus sources in e-/s per pixel, as they arrive at the detector (before
     the flat): what a perfect calibration recovers, times gain / exptime."""
@@ -58,20 +80,7 @@ def source_rate(truth, frame: dict) -> np.ndarray:
             render_points(image, psf, x, y, _rate(rows[column], frame["zp_e_mag"]))
         rows, x, y = _on_sky(truth.galaxies, frame, wcs, shape, column)
         if len(rows):
-            tip_ra, tip_dec = spherical_offset(rows["ra"], rows["dec"], rows["pa_deg"],
-                                               rows["r_eff_arcsec"] / 3600.0)
-            tip_x, tip_y = wcs.all_world2pix(tip_ra, tip_dec, 0, tolerance=1e-8, maxiter=50)
-            r_eff_px = np.hypot(tip_x - x, tip_y - y)
-            angle = np.arctan2(tip_y - y, tip_x - x)
-            extent_px = sersic_extent(np.asarray(rows["sersic_n"]))[0] * r_eff_px
-            ny, nx = shape
-            for i in range(len(rows)):
-                if (x[i] + extent_px[i] < 0 or x[i] - extent_px[i] >= nx
-                        or y[i] + extent_px[i] < 0 or y[i] - extent_px[i] >= ny):
-                    continue
-                render_sersic(image, psf, x[i], y[i], float(_rate(rows[column][i], frame["zp_e_mag"])),
-                              float(rows["sersic_n"][i]), float(r_eff_px[i]),
-                              float(rows["axis_ratio"][i]), float(angle[i]))
+            image += _galaxies(rows, x, y, wcs, psf, shape, _rate(rows[column], frame["zp_e_mag"]))
     gx, gy = frame["sky_gradient_per_px"]
     ys, xs = np.arange(shape[0]) - psf.axis_y, np.arange(shape[1]) - psf.axis_x
     image += frame["sky_e_per_s"] * (1.0 + gx * xs[None, :] + gy * ys[:, None])

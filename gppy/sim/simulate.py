@@ -16,7 +16,7 @@ from astropy.table import Table, vstack
 
 from gppy.obsconfig.schema import Profile
 from gppy.sim import refcat, sky, writer
-from gppy.sim.bands import band
+from gppy.sim.bands import band, has_band
 from gppy.sim.instrument import build_detector, dark_e_per_s, read_noise_e
 from gppy.sim.plan import (DITHER_BOX_ARCSEC, POINTING_ERROR_ARCSEC, Frame, RunConfig,
                            SimulationError, choose_fields, nominal_depth, plan_night)
@@ -29,14 +29,15 @@ GALAXY_DEPTH_MARGIN_MAG = -0.5   # background galaxies stop this much above it
 EDGE_MARGIN_PX = 200
 
 
-def check_bands(profile: Profile, band_names: list[str]) -> None:
-    """Every simulated band must be a filter of the profile with a known pass band."""
+def catalogue_bands(profile: Profile, band_names: list[str]) -> list[str]:
+    """The profile's filters that have a pass band (the truth and reference
+    catalogue give magnitudes in these); every simulated band must be one."""
     for name in band_names:
         if name not in profile.camera.filters:
-            raise SimulationError(f"filter {name!r} is not one of {profile.name}'s camera.filters "
-                             f"{profile.camera.filters}")
-    for name in profile.camera.filters:
-        band(name)
+            raise SimulationError(f"filter {name!r} is not one of {profile.name}'s "
+                                  f"camera.filters {profile.camera.filters}")
+        band(name)  # UnknownBand names the filter and the known ones
+    return [name for name in profile.camera.filters if has_band(name)]
 
 
 def scene_radii_deg(cfg: RunConfig) -> tuple[float, float]:
@@ -64,7 +65,8 @@ def _camera_meta(cfg: RunConfig, bias_level: float) -> dict:
 _WORKER: dict = {}
 
 
-def _init_worker(folder: Path, raw_dir: Path, profile: Profile, seed: int, night_index: int) -> None:
+def _init_worker(folder: Path, raw_dir: Path, profile: Profile, seed: int,
+                 night_index: int) -> None:
     _WORKER.update(truth=Truth.load(folder), raw_dir=raw_dir, profile=profile, seed=seed,
                    night_index=night_index)
 
@@ -73,17 +75,20 @@ def _render_one(frame: dict) -> tuple[str, np.ndarray]:
     w = _WORKER
     rng = stream(w["seed"], "noise", w["night_index"], frame["seq"])
     data, mask = raw_frame(w["truth"], frame, rng)
-    writer.write_raw(w["raw_dir"] / frame["file"], data, writer.raw_header(w["profile"], Frame(**frame)))
+    header = writer.raw_header(w["profile"], Frame(**frame))
+    writer.write_raw(w["raw_dir"] / frame["file"], data, header)
     return frame["file"], np.packbits(mask)
 
 
 def _render_night(folder: Path, raw_dir: Path, cfg: RunConfig, night_index: int,
                   frames: list[dict], processes: int) -> list[tuple[str, np.ndarray]]:
     init_args = (folder, raw_dir, cfg.profile, cfg.seed, night_index)
-    costly_first = sorted(frames, key=lambda f: (f["type"] != "science", f["type"] != "flat", f["seq"]))
+    costly_first = sorted(frames, key=lambda f: (f["type"] != "science", f["type"] != "flat",
+                                                 f["seq"]))
     if processes <= 1:
         _init_worker(*init_args)
         results = dict(map(_render_one, costly_first))
+        _WORKER.clear()
     else:
         import multiprocess
 
@@ -111,8 +116,7 @@ def simulate(cfg: RunConfig, outdir: str | Path, processes: int | None = None,
     under `outdir`; return the night folders."""
     outdir = Path(outdir)
     profile, cam = cfg.profile, cfg.profile.camera
-    check_bands(profile, cfg.bands)
-    all_bands = list(cam.filters)
+    all_bands = catalogue_bands(profile, cfg.bands)
     processes = processes or os.cpu_count() or 1
     fields = choose_fields(cfg, sky.imsng_fields())
     depth = max(nominal_depth(cfg, b) for b in cfg.bands)
@@ -123,13 +127,14 @@ def simulate(cfg: RunConfig, outdir: str | Path, processes: int | None = None,
     for fld in fields:
         s = sky.stars(fld, cfg.seed, outer, depth + STAR_DEPTH_MARGIN_MAG, all_bands, cam.kind)
         g = sky.galaxies(fld, cfg.seed, outer, depth + GALAXY_DEPTH_MARGIN_MAG, all_bands, cam.kind)
-        t = sky.transients(fld, cfg.seed, s, g, inner, depth, cfg.telescope.seeing_arcsec, cfg.n_nights)
+        t = sky.transients(fld, cfg.seed, s, g, inner, depth, cfg.telescope.seeing_arcsec,
+                           cfg.n_nights)
         stars.append(s)
         galaxies.append(g)
         transients.append(t)
     stars_all, galaxies_all, transients_all = vstack(stars), vstack(galaxies), vstack(transients)
     refcat.write(outdir / "refcat.ecsv", refcat.build(stars, all_bands, cfg.seed))
-    detector = build_detector(cfg.seed, cam, cfg.shape, cfg.bands)
+    detector = build_detector(cfg.seed, cam, cfg.shape, cfg.bands, cfg.optics.axis_offset_px)
 
     folders = []
     for night_index in range(cfg.n_nights):
@@ -149,7 +154,8 @@ def simulate(cfg: RunConfig, outdir: str | Path, processes: int | None = None,
                     _transients_tonight(transients_all, cfg, night_index, all_bands), detector)
         raw_dir = outdir / folder_name
         raw_dir.mkdir(parents=True, exist_ok=True)
-        write_cosmic_masks(tdir, _render_night(tdir, raw_dir, cfg, night_index, frame_dicts, processes))
+        masks = _render_night(tdir, raw_dir, cfg, night_index, frame_dicts, processes)
+        write_cosmic_masks(tdir, masks)
         progress(f"{raw_dir}: {len(frames)} frames")
         folders.append(raw_dir)
     return folders

@@ -109,7 +109,8 @@ def stars(field: Field, seed: int, radius_deg: float, faint_mag: float,
     density = latitude_factor(galactic_latitude_deg(field.ra_deg, field.dec_deg))
     lo, hi = _log_star_counts([TYCHO_FAINT_VT, faint_mag]) + np.log10(density)
     n_fake = rng.poisson((10 ** hi - 10 ** lo) * cap_area_deg2(radius_deg))
-    fake_v = _invert_log_star_counts(np.log10(rng.uniform(10 ** lo, 10 ** hi, n_fake)) - np.log10(density))
+    log_n = np.log10(rng.uniform(10 ** lo, 10 ** hi, n_fake)) - np.log10(density)
+    fake_v = _invert_log_star_counts(log_n)
     fake_ra, fake_dec = random_in_cap(rng, field.ra_deg, field.dec_deg, radius_deg, n_fake)
     log_t = np.concatenate([np.clip(rng.normal(3.78, 0.09, n_real), 3.5, 4.4),
                             np.clip(rng.normal(3.74, 0.06, n_fake), 3.45, 4.1)])
@@ -140,10 +141,10 @@ def _galaxy_rows(field: Field, seed: int, radius_deg: float, faint_mag: float) -
             "temperature_k": [6500.0, 4500.0],
             "vmag_ab": [disk_mag, disk_mag - 2.5 * np.log10(BULGE_TO_DISK)],
             "component": ["disk", "bulge"], "host": [field.name, field.name]}
-    # background galaxies
-    log_n = lambda m: 2.95 + 0.45 * (m - 20.0)
-    n = rng.poisson(10 ** log_n(faint_mag) * cap_area_deg2(radius_deg))
-    mags = 20.0 + (np.log10(rng.uniform(0, 10 ** log_n(faint_mag), n)) - 2.95) / 0.45
+    # background galaxies: log10 N(<m) = 2.95 + 0.45 (m - 20) per deg^2, brighter than 14 dropped
+    n_per_deg2 = 10 ** (2.95 + 0.45 * (faint_mag - 20.0))
+    n = rng.poisson(n_per_deg2 * cap_area_deg2(radius_deg))
+    mags = 20.0 + (np.log10(rng.uniform(0, n_per_deg2, n)) - 2.95) / 0.45
     mags = mags[mags > 14.0]
     n = mags.size
     ra, dec = random_in_cap(rng, field.ra_deg, field.dec_deg, radius_deg, n)
@@ -154,7 +155,8 @@ def _galaxy_rows(field: Field, seed: int, radius_deg: float, faint_mag: float) -
     rows["r_eff_arcsec"] += list(1.5 * 10 ** (-0.15 * (mags - 18.0) + rng.normal(0, 0.15, n)))
     rows["axis_ratio"] += list(np.where(disk, rng.uniform(0.25, 1.0, n), rng.uniform(0.6, 1.0, n)))
     rows["pa_deg"] += list(rng.uniform(0, 180, n))
-    rows["temperature_k"] += list(np.where(disk, rng.uniform(5500, 7500, n), rng.uniform(4000, 5000, n)))
+    rows["temperature_k"] += list(np.where(disk, rng.uniform(5500, 7500, n),
+                                           rng.uniform(4000, 5000, n)))
     rows["vmag_ab"] += list(mags)
     rows["component"] += ["single"] * n
     rows["host"] += [""] * n
@@ -192,7 +194,8 @@ def transients(field: Field, seed: int, star_table: Table, galaxy_table: Table,
 
         def inner(table, mag_lo, mag_hi):
             sep = centre.separation(SkyCoord(table["ra"], table["dec"], unit="deg")).deg
-            ok = (sep < inner_radius_deg) & (table["vmag_ab"] > mag_lo) & (table["vmag_ab"] < mag_hi)
+            mag = table["vmag_ab"]
+            ok = (sep < inner_radius_deg) & (mag > mag_lo) & (mag < mag_hi)
             return table[ok]
 
         hosts = inner(galaxy_table[galaxy_table["component"] == "single"], 14.0, 19.0)
@@ -211,7 +214,7 @@ def transients(field: Field, seed: int, star_table: Table, galaxy_table: Table,
                                               (1.2 * fwhm_arcsec, 2.5 * fwhm_arcsec)), star["id"]))
         for _ in range(2):
             ra, dec = random_in_cap(rng, field.ra_deg, field.dec_deg, inner_radius_deg, 1)
-            placed.append(("field", float(ra[0]), float(dec[0]), ""))
+            placed.append(("field", float(ra[0]), float(dec[0]), "-"))
         for i, (kind, ra, dec, near) in enumerate(placed):
             rows.append((f"{field.name}:t{i:02d}", field.name, ra, dec, kind, near,
                          int(rng.integers(1, n_nights)),

@@ -26,12 +26,14 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from gppy.errors import InputError
+
 INDEX_DIR_ENV = "GPPY_TYCHO_INDEX_DIR"
 DEFAULT_INDEX_DIR = Path("/usr/share/astrometry")
 INDEX_NAME = "index-tycho2-07.littleendian.fits"
 
 
-class TychoIndexMissing(FileNotFoundError):
+class TychoIndexMissing(InputError, FileNotFoundError):
     def __str__(self) -> str:
         return self.args[0]
 

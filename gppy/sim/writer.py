@@ -69,10 +69,11 @@ def file_name(profile: Profile, frame: Frame) -> str:
 def assign_file_names(profile: Profile, frames: list[Frame]) -> None:
     names = [file_name(profile, f) for f in frames]
     if len(set(names)) != len(names):
-        raise SimulationError(f"dialect.file_name {profile.dialect.file_name!r} gives the same name to "
-                         f"several frames of a night; it needs {{seq}} or {{time}}")
+        raise SimulationError(f"dialect.file_name {profile.dialect.file_name!r} gives the same "
+                              f"name to several frames of a night; it needs {{seq}} or {{time}}")
     if not any(fnmatch.fnmatch(names[0], g) for g in profile.raw.file_glob):
-        raise SimulationError(f"file name {names[0]!r} matches none of raw.file_glob {profile.raw.file_glob}")
+        raise SimulationError(f"file name {names[0]!r} matches none of raw.file_glob "
+                              f"{profile.raw.file_glob}")
     for frame, name in zip(frames, names):
         frame.file = name
 
@@ -107,7 +108,8 @@ def raw_header(profile: Profile, frame: Frame) -> fits.Header:
             put("DEC", round(frame.dec_cmd_deg, 6), "[deg] commanded pointing, J2000")
         else:
             put("RA", _sexagesimal(frame.ra_cmd_deg, hours=True), "[hms] commanded pointing, J2000")
-            put("DEC", _sexagesimal(frame.dec_cmd_deg, hours=False), "[dms] commanded pointing, J2000")
+            put("DEC", _sexagesimal(frame.dec_cmd_deg, hours=False),
+                "[dms] commanded pointing, J2000")
         header["EQUINOX"] = (2000.0, "equinox of the pointing")
         header["AIRMASS"] = (frame.airmass, "airmass at mid-exposure")
     put("XBINNING", int(cam.binning[0]), "binning along x")

@@ -1,0 +1,18 @@
+"""`gppy bench BENCHMARK ...`: run one benchmark (see gppy.bench)."""
+
+from __future__ import annotations
+
+import importlib
+
+# Modules providing `register(subparsers)` for one benchmark each, in --help order.
+BENCHMARK_MODULES = (
+    "gppy.bench.combine",    # gppy bench combine
+)
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="benchmark a heavy step against its reference implementation",
+                       description=__doc__)
+    bench_sub = p.add_subparsers(dest="benchmark", metavar="BENCHMARK", required=True)
+    for name in BENCHMARK_MODULES:
+        importlib.import_module(name).register(bench_sub)
