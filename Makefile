@@ -15,9 +15,10 @@ APT_PACKAGES := astrometry.net \
 	astrometry-data-tycho2-09-littleendian \
 	astrometry-data-tycho2-10-19-littleendian
 
-DEMO_OBS  ?= LOAO
-DEMO_DIR  ?= demo
-DEMO_SIZE ?= 1024
+DEMO_OBS   ?= LOAO
+DEMO_DIR   ?= demo
+DEMO_DATE  ?= 2024-03-14
+DEMO_NIGHT ?= 2024_0314   # LOAO's night-folder name for DEMO_DATE
 
 .PHONY: demo test apt venv clean
 
@@ -39,9 +40,10 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# A simulated LOAO night (real Tycho-2 star fields, known truth), then the night routine.
 demo: apt venv
-	$(BIN)/gppy simulate $(DEMO_OBS) $(DEMO_DIR)/raw --seed 1 --size $(DEMO_SIZE) --data-dir $(DEMO_DIR)/data
-	$(BIN)/gppy process $(DEMO_OBS) $$(ls -d $(DEMO_DIR)/raw/*/ | head -n 1) --ncores 2 --data-dir $(DEMO_DIR)/data
+	$(BIN)/gppy simulate $(DEMO_OBS) $(DEMO_DIR)/raw --date $(DEMO_DATE)
+	$(BIN)/gppy process $(DEMO_OBS) $(DEMO_DIR)/raw/$(strip $(DEMO_NIGHT)) --data-dir $(DEMO_DIR)/data
 
 test: apt venv
 	$(BIN)/pytest

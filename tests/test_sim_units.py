@@ -9,12 +9,12 @@ import datetime as dt
 import numpy as np
 import pytest
 
-from gppy.obsconfig.loader import load_profile
 from gppy.sim import bands, ephem, instrument, psf, writer
 from gppy.sim.command import default_bands
 from gppy.sim.plan import Frame, SimulationError
 from gppy.sim.pointing import Optics, true_wcs_cards, wcs_from_cards
-from gppy.sim.telescope import telescope_for, zero_point_e_mag
+from gppy.obsconfig.loader import load_profile
+from gppy.sim.telescope import zero_point_e_mag
 
 
 def test_colour_model_is_anchored_at_550nm_and_ordered_by_temperature():
@@ -31,16 +31,10 @@ def test_unknown_band_is_a_clear_error():
 
 
 def test_zero_point_scales_with_collecting_area():
-    big, small = telescope_for("LOAO"), telescope_for("SBU_STL1001E")
+    big, small = load_profile("LOAO").telescope, load_profile("SBU_STL1001E").telescope
     diff = zero_point_e_mag(big, "V", "CCD") - zero_point_e_mag(small, "V", "CCD")
     assert diff == pytest.approx(2.5 * np.log10(big.area_m2 / small.area_m2))
     assert 23.5 < zero_point_e_mag(big, "V", "CCD") < 24.5  # 1 m telescope, V, e-/s
-
-
-def test_telescope_table_matches_units_and_cameras():
-    assert telescope_for("7DT13") == telescope_for("7DT")
-    assert telescope_for("DOAO_APOGEE") == telescope_for("DOAO")
-    assert telescope_for("NOWHERE") == telescope_for("default")
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ Field metadata carries a one-line description and optional numeric bounds.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -43,6 +44,18 @@ class Site:
     latitude_deg: float = doc("geodetic latitude, north positive", ge=-90, le=90)
     longitude_deg: float = doc("longitude, east positive", ge=-180, le=360)
     height_m: float = doc("height above sea level", ge=-500, le=6000)
+
+
+@dataclass(frozen=True)
+class Telescope:
+    aperture_m: float = doc("primary mirror diameter", gt=0)
+    obstruction: float = doc("central obstruction: secondary / primary diameter", ge=0, le=0.9)
+    seeing_arcsec: float = doc("median FWHM at the zenith (image quality for fast optics)", gt=0)
+    sky_offset_mag: float = doc("night sky brighter than a dark site by this much", ge=0)
+
+    @property
+    def area_m2(self) -> float:
+        return math.pi / 4 * self.aperture_m ** 2 * (1 - self.obstruction ** 2)
 
 
 @dataclass(frozen=True)
@@ -158,6 +171,7 @@ class Profile:
     name: str = doc("canonical observatory name, e.g. LOAO")
     description: str = doc("telescope and site in words")
     site: Site = doc("where the telescope is")
+    telescope: Telescope = doc("the optics and what the site's sky is like")
     camera: Camera = doc("the detector as used")
     raw: Raw = doc("how raw data arrive")
     reduction: Reduction = doc("calibration choices")

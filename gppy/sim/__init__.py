@@ -9,7 +9,7 @@ and the zero-point definition) and OUTDIR/refcat.ecsv (refcat.py). In Python:
     bands.py       pass bands x sensor QE, AB magnitudes, the black-body colour model
     atmosphere.py  extinction, night-sky and twilight brightness, airmass
     ephem.py       Sun position, sidereal time, altitudes (no IERS downloads)
-    telescope.py   apertures and site sky (data/telescopes.toml), photon zero points
+    telescope.py   photon zero points from the profile's [telescope] section
     tycho.py       real Tycho-2 stars from the astrometry.net index files
     sky.py         a field's stars, galaxies and transients (data/imsng_fields.dat)
     pointing.py    commanded pointing, pointing error, the true TAN-SIP WCS

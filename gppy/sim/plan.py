@@ -20,14 +20,14 @@ from functools import cached_property
 import numpy as np
 
 from gppy.errors import InputError
-from gppy.obsconfig.schema import Profile
+from gppy.obsconfig.schema import Profile, Telescope
 from gppy.sim import atmosphere, ephem
 from gppy.sim.instrument import READOUT_S, SET_TEMPERATURE_C, read_noise_e
 from gppy.sim.pointing import Optics, offset_arcsec, true_wcs_cards
 from gppy.sim.psf import PSF
 from gppy.sim.seeds import stream
 from gppy.sim.sky import Field
-from gppy.sim.telescope import Telescope, telescope_for, zero_point_e_mag
+from gppy.sim.telescope import zero_point_e_mag
 
 SCIENCE_SUN_ALT_DEG = -16.0
 FLAT_SUN_ALT_DEG = -2.0
@@ -63,7 +63,7 @@ class RunConfig:
 
     @cached_property
     def telescope(self) -> Telescope:
-        return telescope_for(self.profile.name)
+        return self.profile.telescope
 
     @cached_property
     def optics(self) -> Optics:
