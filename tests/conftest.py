@@ -42,6 +42,27 @@ def gppy_bin() -> Path:
     return GPPY
 
 
+def simulate_nights(out: Path, obs: str, size: int | None, nights: int = 1, nscience: int = 2,
+                    seed: int = 7, n_fields: int = 1):
+    """(out, [Truth per night]) of a simulated run written under `out`."""
+    import datetime as dt
+
+    from gppy.obsconfig.loader import load_profile
+    from gppy.sim.command import default_bands
+    from gppy.sim.plan import RunConfig
+    from gppy.sim.simulate import simulate
+    from gppy.sim.truth import Truth, truth_dir
+
+    profile = load_profile(obs)
+    shape = (size, size) if size else tuple(reversed(profile.camera.detector_px))
+    cfg = RunConfig(profile=profile, seed=seed, shape=shape,
+                    bands=default_bands(profile.camera.filters),
+                    first_night=dt.date(2024, 3, 14), n_nights=nights, n_fields=n_fields,
+                    nscience=nscience, exptime_s=120.0)
+    folders = simulate(cfg, out, processes=2)
+    return out, [Truth.load(truth_dir(out, f.name)) for f in folders]
+
+
 def copy_files(files, dest: Path) -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
     return [Path(shutil.copy2(f, dest)) for f in files]

@@ -5,7 +5,6 @@ the truth puts them."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 
 import numpy as np
@@ -16,40 +15,27 @@ from astropy.table import Table
 from scipy.ndimage import binary_dilation
 from scipy.optimize import curve_fit
 
-from gppy.obsconfig.loader import load_profile
 from gppy.sim import tycho
-from gppy.sim.command import default_bands
-from gppy.sim.plan import RunConfig
 from gppy.sim.psf import PSF
-from gppy.sim.simulate import simulate
-from gppy.sim.truth import Truth, truth_dir
+from gppy.sim.truth import Truth
+
+from conftest import simulate_nights
 
 pytestmark = pytest.mark.skipif(not (tycho.DEFAULT_INDEX_DIR / tycho.INDEX_NAME).is_file(),
                                 reason="astrometry-data-tycho2-07-littleendian is not installed")
 
 
-def run(tmp_path_factory, obs: str, size: int | None, nights: int, nscience: int):
-    profile = load_profile(obs)
-    shape = (size, size) if size else tuple(reversed(profile.camera.detector_px))
-    out = tmp_path_factory.mktemp(obs)
-    cfg = RunConfig(profile=profile, seed=7, shape=shape,
-                    bands=default_bands(profile.camera.filters),
-                    first_night=dt.date(2024, 3, 14), n_nights=nights, n_fields=1,
-                    nscience=nscience, exptime_s=120.0)
-    folders = simulate(cfg, out, processes=2)
-    return out, [Truth.load(truth_dir(out, f.name)) for f in folders]
-
-
 @pytest.fixture(scope="module")
 def loao(tmp_path_factory):
     """LOAO, 1024 x 1024, two nights, one field, two frames per filter."""
-    return run(tmp_path_factory, "LOAO", 1024, nights=2, nscience=2)
+    return simulate_nights(tmp_path_factory.mktemp("LOAO"), "LOAO", 1024, nights=2, nscience=2)
 
 
 @pytest.fixture(scope="module")
 def sbu(tmp_path_factory):
     """SBU STL-1001E, its full 1024 x 1024 (23.7 arcmin): several Tycho-2 stars."""
-    return run(tmp_path_factory, "SBU_STL1001E", None, nights=1, nscience=1)
+    return simulate_nights(tmp_path_factory.mktemp("SBU"), "SBU_STL1001E", None, nights=1,
+                           nscience=1)
 
 
 def raw_path(out, truth: Truth, frame: dict):

@@ -58,14 +58,24 @@ def summary(r: NightResult) -> str:
             key=lambda kv: (order[kv[0][0]], kv[0][1] or "", kv[0][2] or 0, kv[0][3] or "")):
         exp = "-" if exptime is None else f"{exptime:g}s"
         lines.append(f"  {ftype:<8} {filt or '-':<7} {exp:>8}  {obj or '-':<16} {n:>4}")
-    p = r.plan
-    lines += ["", "Masters to build:" if p.masters else "Masters to build: none (all borrowed)"]
-    lines += [f"  {m.label:<22} from {len(m.files)} frames" + ("  (weak: few frames)" if m.weak else "")
-              for m in p.masters]
+    p, m, c = r.plan, r.masters, r.calibration
+    lines += ["", "Masters:" if p.masters else "Masters: none from tonight's frames"]
+    for built in m.built:
+        qa = ", ".join(f"{k}={v}" for k, v in built.qa.items())
+        lines.append(f"  built   {built.path.name:<34} {len(built.inputs):3d} frames  {qa}")
+        lines += [f"          rejected {Path(f).name}: {why}" for f, why in built.rejected.items()]
+    lines += [f"  reused  {label} (same frames as before)" for label in m.reused]
+    lines += [f"  FAILED  {label}: {why}" for label, why in m.failed.items()]
+    lines += [f"  weak    {mp.label}: only {len(mp.files)} frames" for mp in p.masters if mp.weak]
     if p.science:
-        how = Counter(f"bias {s.bias}; dark {s.dark}; flat {s.flat}" for s in p.science)
-        lines += ["", f"Science frames: {len(p.science)} -> {', '.join(p.science[0].steps)}"]
-        lines += [f"  {n:4d} x {text}" for text, n in sorted(how.items())]
+        lines += ["", f"Science frames: {len(p.science)}: {len(c.calibrated)} calibrated, "
+                      f"{c.unchanged} unchanged, {len(c.failed)} failed, "
+                      f"{len(c.uncalibrated)} uncalibrated"]
+        lines += [f"  borrowed {kind} from night {', '.join(sorted(nights))}"
+                  for kind, nights in sorted(c.borrowed.items())]
+        lines += [f"  FAILED  {Path(f).name}: {why}" for f, why in sorted(c.failed.items())]
+        for why, n in sorted(Counter(c.uncalibrated.values()).items()):
+            lines.append(f"  {n:4d} x {why}")
         lines += ["", "Stacks:"] + [f"  {k:<28} {n} frames" for k, n in sorted(p.stacks.items())]
     if p.skipped:
         lines += ["", "Skipped:"] + [f"  {Path(f).name}: {why}" for f, why in sorted(p.skipped.items())]

@@ -16,10 +16,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 NIGHT_STATES = ("detected", "settling", "queued", "processing", "done", "failed")
 STEP_STATES = ("pending", "running", "done", "failed", "skipped")
+MASTER_KINDS = ("bias", "dark", "flat", "bpm")
 
 # Migration N brings a database from version N-1 to N.
 _MIGRATIONS: dict[int, str] = {
@@ -72,6 +73,26 @@ _MIGRATIONS: dict[int, str] = {
         info_json   TEXT,
         created_utc TEXT NOT NULL
     );
+    """,
+    2: f"""
+    CREATE TABLE masters (
+        id          INTEGER PRIMARY KEY,
+        obs         TEXT NOT NULL,
+        night       TEXT NOT NULL,               -- the night whose frames made it
+        kind        TEXT NOT NULL CHECK (kind IN {MASTER_KINDS}),
+        binning     TEXT NOT NULL,               -- e.g. 2x2
+        gain_mode   TEXT NOT NULL DEFAULT '',
+        settemp_c   REAL,                        -- cooler set-point, NULL if unknown
+        exptime_s   REAL,                        -- darks
+        filter      TEXT,                        -- flats
+        shape       TEXT NOT NULL,               -- e.g. 2048x2048 (ny x nx)
+        path        TEXT NOT NULL UNIQUE,
+        n_frames    INTEGER NOT NULL,
+        inputs_sha  TEXT NOT NULL,               -- of the input frames' checksums
+        qa_json     TEXT,
+        created_utc TEXT NOT NULL
+    );
+    CREATE INDEX masters_lookup ON masters(obs, kind, binning, night);
     """,
 }
 
@@ -207,6 +228,10 @@ class Ledger:
             "info_json = excluded.info_json, finished_utc = excluded.finished_utc, "
             "started_utc = COALESCE(steps.started_utc, excluded.started_utc)",
             (frame_id, step, status, error, json.dumps(info) if info else None, now, finished))
+
+    def step(self, frame_id: int, step: str) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM steps WHERE frame_id = ? AND step = ?",
+                               (frame_id, step)).fetchone()
 
     def step_status(self, frame_id: int, step: str) -> str | None:
         row = self.db.execute("SELECT status FROM steps WHERE frame_id = ? AND step = ?",

@@ -1,22 +1,25 @@
 """The night routine: everything done to one night folder, with its state in the
 ledger so that a re-run does only what is new or changed (unless forced).
 
-Stages so far: inventory (homogenised header of every frame) and the plan of
-the later stages. Products go to the night's product folder, events to the
-night's JSON log.
+Stages so far: inventory (homogenised header of every frame), the plan, the
+masters (into the master library), and the calibration of every science frame.
+Products go to the night's product folder, events to the night's JSON log.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gppy import logs
 from gppy.errors import InputError
 from gppy.daemon.ledger import Ledger
 from gppy.daemon.plan import NightPlan, make_plan
+from gppy.reduction.night import (CALIBRATE_STEP, MastersReport, build_masters,
+                                  calibrate_frames, calibration_signature, choose_masters,
+                                  gain_mode_of)
 from gppy.fitsio import BadFrame, atomic_open, read_header
 from gppy.obsconfig.headers import FrameRecord, homogenise, night_of
 from gppy.obsconfig.nights import parse_night
@@ -33,6 +36,15 @@ class NightError(InputError, RuntimeError):
 
 
 @dataclass
+class CalibrationReport:
+    calibrated: list[str] = field(default_factory=list)      # outputs written this run
+    unchanged: int = 0                                       # done before, same masters
+    failed: dict[str, str] = field(default_factory=dict)     # file -> error
+    uncalibrated: dict[str, str] = field(default_factory=dict)  # file -> why no masters
+    borrowed: dict[str, set] = field(default_factory=dict)   # kind -> nights borrowed from
+
+
+@dataclass
 class NightResult:
     obs: str
     night: str
@@ -43,6 +55,8 @@ class NightResult:
     n_scanned: int          # frames read this run
     n_unchanged: int        # frames taken from the ledger
     plan: NightPlan
+    masters: MastersReport
+    calibration: CalibrationReport
     seconds: float
     ncores: int
 
@@ -84,6 +98,11 @@ def process_night(profile: Profile, night_dir: str | Path, data: DataDir, ncores
         try:
             records, n_scanned = _inventory(ledger, night_id, files, profile, ncores, force, log)
             plan = make_plan(records)
+            gain_mode = gain_mode_of(profile, night_dir)
+            masters = build_masters(plan, profile, ledger, night, gain_mode,
+                                    data.masters(profile.name, night), ncores, force, log)
+            calibration = _calibrate(ledger, night_id, plan, profile, night, gain_mode, out_dir,
+                                     ncores, force, log)
             _write_products(ledger, night_id, out_dir, records, plan)
         except Exception as exc:
             ledger.set_night_status(night_id, "failed", error=f"{type(exc).__name__}: {exc}")
@@ -92,9 +111,11 @@ def process_night(profile: Profile, night_dir: str | Path, data: DataDir, ncores
         ledger.set_night_status(night_id, "done")
         seconds = time.monotonic() - started
         log.info("night done", seconds=round(seconds, 2), scanned=n_scanned,
-                 skipped=len(plan.skipped))
+                 skipped=len(plan.skipped), masters_built=len(masters.built),
+                 calibrated=len(calibration.calibrated), failed=len(calibration.failed),
+                 uncalibrated=len(calibration.uncalibrated))
     return NightResult(profile.name, night, night_dir, out_dir, log_file, records, n_scanned,
-                       len(records) - n_scanned, plan, seconds, ncores)
+                       len(records) - n_scanned, plan, masters, calibration, seconds, ncores)
 
 
 def _inventory(ledger: Ledger, night_id: int, files: list[Path], profile: Profile,
@@ -125,6 +146,49 @@ def _inventory(ledger: Ledger, night_id: int, files: list[Path], profile: Profil
     progress.close()
     records.sort(key=lambda r: r.file)
     return records, len(todo)
+
+
+def _calibrate(ledger: Ledger, night_id: int, plan: NightPlan, profile: Profile, night: str,
+               gain_mode: str, out_dir: Path, ncores: int, force: bool, log) -> CalibrationReport:
+    """Calibrate every science frame whose masters (or their inputs) changed since
+    it was last calibrated, or all with `force`."""
+    report = CalibrationReport()
+    jobs, signatures, frame_ids = [], {}, {}
+    for rec in plan.science:
+        frame_ids[rec.file] = frame_id = ledger.frame_by_path(rec.file)["id"]
+        choice = choose_masters(rec, profile, ledger, night, gain_mode)
+        if isinstance(choice, str):
+            report.uncalibrated[rec.file] = choice
+            ledger.set_step(frame_id, CALIBRATE_STEP, "skipped", error=choice)
+            continue
+        for kind, source in choice.nights.items():
+            if source != night:
+                report.borrowed.setdefault(kind, set()).add(source)
+        signatures[rec.file] = signature = calibration_signature(ledger, choice)
+        step = ledger.step(frame_id, CALIBRATE_STEP)
+        info = json.loads(step["info_json"]) if step is not None and step["info_json"] else {}
+        if (not force and step is not None and step["status"] == "done"
+                and info.get("signature") == signature and Path(info.get("output", "")).exists()):
+            report.unchanged += 1
+            continue
+        jobs.append((rec, choice))
+    progress = Progress("calibrate", len(jobs))
+    for file, result, error in calibrate_frames(jobs, profile, out_dir, ncores):
+        if error is not None:
+            report.failed[file] = error
+            ledger.set_step(frame_ids[file], CALIBRATE_STEP, "failed", error=error)
+            log.warning("calibration failed", file=file, error=error)
+        else:
+            info = {"output": str(result.output), "signature": signatures[file],
+                    "ncosmic": result.ncosmic, "nmasked": result.nbad, "calflag": result.calflag}
+            ledger.set_step(frame_ids[file], CALIBRATE_STEP, "done", info=info)
+            ledger.record_product(night_id, "calibrated", result.output, frame_id=frame_ids[file],
+                                  info=info)
+            report.calibrated.append(str(result.output))
+            log.debug("calibrated", file=file, **info)
+        progress.advance()
+    progress.close()
+    return report
 
 
 def _write_products(ledger: Ledger, night_id: int, out_dir: Path,

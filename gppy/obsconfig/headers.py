@@ -41,7 +41,8 @@ class FrameRecord:
     shape: list[int] | None = None  # [ny, nx]
     imagetyp_raw: str | None = None
     filter_raw: str | None = None
-    ccdtemp: float | None = None  # deg C
+    ccdtemp: float | None = None  # deg C, measured
+    settemp: float | None = None  # deg C, cooler set-point
     error: str | None = None    # why the frame is skipped, or None
 
     def as_dict(self) -> dict[str, Any]:
@@ -215,7 +216,8 @@ def homogenise(header: fits.Header, file: str, profile: Profile,
     for field, attr, what in (("EXPTIME", "exptime", "exposure time"), ("GAIN", "gain", "gain"),
                               ("RDNOISE", "rdnoise", "read noise"),
                               ("SATURATE", "saturation", "saturation level"),
-                              ("CCD-TEMP", "ccdtemp", "CCD temperature")):
+                              ("CCD-TEMP", "ccdtemp", "CCD temperature"),
+                              ("SET-TEMP", "settemp", "cooler set-point")):
         value, key = _lookup(header, rules, field)
         if value is not None:
             try:

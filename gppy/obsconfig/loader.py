@@ -10,6 +10,7 @@ Tables merge key by key; any other value (lists included) is replaced whole.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import string
 import tomllib
@@ -20,6 +21,7 @@ from gppy.errors import InputError
 from gppy.obsconfig import nights
 from gppy.obsconfig.schema import CANONICAL_KEYWORDS, Profile
 from gppy.obsconfig.validate import KeyPath, ProfileError, build
+from gppy.reduction.sections import parse_section
 from gppy.settings import config_dir
 
 PACKAGED_DIR = Path(__file__).with_name("profiles")
@@ -167,6 +169,19 @@ def cross_checks(p: Profile) -> list[tuple[KeyPath, str]]:
     for i, rule in enumerate(p.header.classify):
         if not rule.conditions():
             out.append((("header", "classify", f"[{i}]"), "a rule needs at least one condition"))
+    for key in ("biassec", "trimsec"):
+        value = getattr(p.reduction, key)
+        if value is not None:
+            try:
+                parse_section(value)
+            except ValueError as exc:
+                out.append((("reduction", key), str(exc)))
+    for i, wall in enumerate(p.reduction.camera_walls):
+        try:
+            dt.date.fromisoformat(wall)
+        except ValueError:
+            out.append((("reduction", "camera_walls", f"[{i}]"),
+                        f"expected a date YYYY-MM-DD, got {wall!r}"))
     out += _dialect_checks(p)
     return out
 

@@ -44,12 +44,18 @@ def night_regex(template: str) -> re.Pattern:
     return re.compile("^" + "".join(parts) + "$")
 
 
+def night_fields(template: str, folder_name: str) -> dict[str, str] | None:
+    """The template's fields read from a folder name ({'YYYY': '2025', 'gain': '2750', ...}),
+    or None if the name does not follow the template."""
+    m = night_regex(template).match(folder_name)
+    return m.groupdict() if m else None
+
+
 def parse_night(template: str, folder_name: str) -> dt.date | None:
     """The night's date if `folder_name` matches the template, else None."""
-    m = night_regex(template).match(folder_name)
-    if not m:
+    g = night_fields(template, folder_name)
+    if g is None:
         return None
-    g = m.groupdict()
     year = int(g["YYYY"]) if g.get("YYYY") else 2000 + int(g["YY"])
     try:
         return dt.date(year, int(g["MM"]), int(g["DD"]))

@@ -18,7 +18,7 @@ FRAME_TYPES: tuple[str, ...] = ("bias", "dark", "flat", "science", "unknown")
 CANONICAL_KEYWORDS: tuple[str, ...] = (
     "IMAGETYP", "FILTER", "EXPTIME", "DATE-OBS", "TIME-OBS", "MJD-OBS", "JD",
     "OBJECT", "RA", "DEC", "XBINNING", "YBINNING", "GAIN", "RDNOISE",
-    "SATURATE", "CCD-TEMP", "INSTRUME",
+    "SATURATE", "CCD-TEMP", "SET-TEMP", "INSTRUME",
 )
 
 
@@ -86,8 +86,40 @@ class Raw:
 
 
 @dataclass(frozen=True)
+class Cosmics:
+    """astroscrappy.detect_cosmics parameters for calibrated frames in electrons."""
+
+    sigclip: float = doc("Laplacian-to-noise limit for cosmic rays", gt=0)
+    sigfrac: float = doc("fraction of sigclip for neighbouring pixels", gt=0)
+    objlim: float = doc("contrast limit between cosmic rays and the underlying object", gt=0)
+    niter: int = doc("iterations", ge=1)
+    sepmed: bool = doc("separable median filter (faster)")
+    cleantype: Literal["median", "medmask", "meanmask", "idw"] = doc("how flagged pixels are filled")
+    fsmode: Literal["median", "convolve"] = doc("fine-structure image: median filter or PSF convolution")
+    psfmodel: Literal["gauss", "gaussx", "gaussy", "moffat"] = doc("PSF model for fsmode = convolve")
+    psffwhm_px: float = doc("PSF FWHM for fsmode = convolve", gt=0)
+
+
+@dataclass(frozen=True)
 class Reduction:
     remove_cosmic_rays: bool = doc("run astroscrappy on science frames (the legacy system skipped CMOS)")
+    cosmics: Cosmics = doc("cosmic-ray detection parameters")
+    dark_policy: Literal["nearest", "longest", "exact"] = doc(
+        "without a dark of the science exposure time: scale the nearest or the longest, or none")
+    dark_temp_tolerance_c: float = doc("darks and biases match frames within this set-point difference",
+                                       ge=0)
+    flat_min_adu: float = doc("flats with a median below this (bias-subtracted) are too faint", ge=0)
+    flat_max_fraction: float = doc("flats with a median above this fraction of saturation are rejected",
+                                   gt=0, le=1)
+    master_max_age_days: float = doc("a night may borrow masters this many days away at most", ge=0)
+    hot_pixel_sigma: float = doc("dark current this many robust sigma above the median is hot", gt=0)
+    low_flat_response: float = doc("flat response below this (median 1) is dead or low", gt=0, le=1)
+    bad_column_fraction: float = doc("a column with this fraction of bad pixels is bad whole", gt=0, le=1)
+    mem_limit_gb: float = doc("working memory for combining master frames", gt=0)
+    camera_walls: list[str] = doc("dates (YYYY-MM-DD) of camera changes: masters are never borrowed "
+                                  "across them", default_factory=list)
+    biassec: str | None = optional("overscan region, IRAF notation '[x1:x2,y1:y2]' (1-based, inclusive)")
+    trimsec: str | None = optional("region kept after overscan correction, IRAF notation")
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,16 @@ def sun_altitude_deg(jd: np.ndarray, latitude_deg: float, longitude_deg: float) 
     return altitude_deg(jd, ra, dec, latitude_deg, longitude_deg)
 
 
+def sun_azimuth_deg(jd: float, latitude_deg: float, longitude_deg: float) -> float:
+    """Azimuth of the Sun, from north through east."""
+    ra, dec = sun_radec_deg(jd)
+    hour_angle = np.radians(local_sidereal_deg(jd, longitude_deg) - ra)
+    lat, dec = np.radians(latitude_deg), np.radians(dec)
+    az = np.arctan2(-np.cos(dec) * np.sin(hour_angle),
+                    np.sin(dec) * np.cos(lat) - np.cos(dec) * np.sin(lat) * np.cos(hour_angle))
+    return float(np.degrees(az) % 360.0)
+
+
 def local_noon_jd(night: dt.date, longitude_deg: float) -> float:
     """Julian date of local mean noon on the night's date (the night starts then,
     matching `gppy.obsconfig.headers.night_of`)."""

@@ -33,6 +33,9 @@ SCIENCE_SUN_ALT_DEG = -16.0
 FLAT_SUN_ALT_DEG = -2.0
 MAX_FLAT_EXPTIME_S = 60.0
 MIN_FLAT_EXPTIME_S = 1.0
+# Near the zenith the twilight sky brightens towards the Sun by roughly 1 % per degree
+# (Chromey & Hasselbacher 1996, PASP 108, 944); the same direction for a whole flat sequence.
+TWILIGHT_GRADIENT_PER_DEG = 0.01
 OVERHEAD_S = 5.0
 SLEW_S = 60.0
 DITHER_BOX_ARCSEC = 60.0
@@ -58,8 +61,8 @@ class RunConfig:
     nscience: int                    # frames per field and band
     exptime_s: float                 # science exposure
     n_bias: int = 5
-    n_flat: int = 3                  # per band
-    darks_per_exptime: int = 2
+    n_flat: int = 5                  # per band
+    darks_per_exptime: int = 3
 
     @cached_property
     def telescope(self) -> Telescope:
@@ -215,8 +218,10 @@ class _NightPlanner:
         self.jd += (exptime + self.cfg.readout_s + OVERHEAD_S) / 86400.0
 
     def conditions(self, band_name: str, altitude: float, sun_alt: float, gradient: float,
-                   sky_mag: float | None = None) -> dict:
-        """Airmass, PSF, zero points, sky (the model's unless `sky_mag` is given)."""
+                   sky_mag: float | None = None, gradient_angle_rad: float | None = None) -> dict:
+        """Airmass, PSF, zero points, sky (the model's unless `sky_mag` is given) with a
+        linear sky gradient of `gradient` (fraction per detector half-diagonal) towards
+        `gradient_angle_rad` on the detector (random when None)."""
         rng, gain = self.rng, self.cam.gain_e_per_adu
         x = float(atmosphere.airmass(altitude))
         k = atmosphere.extinction_mag_per_airmass(band_name, self.site.height_m)
@@ -232,7 +237,7 @@ class _NightPlanner:
                   ellipticity=float(rng.uniform(0.01, 0.08)), theta_deg=float(rng.uniform(0, 180)),
                   axis_x=(nx - 1) / 2 + self.cfg.optics.axis_offset_px[0],
                   axis_y=(ny - 1) / 2 + self.cfg.optics.axis_offset_px[1], **self.static_psf)
-        angle = rng.uniform(0, 2 * np.pi)
+        angle = rng.uniform(0, 2 * np.pi) if gradient_angle_rad is None else gradient_angle_rad
         zp_e = self.zp_top(band_name) - ext
         return dict(filter=band_name, airmass=round(x, 4), fwhm_arcsec=fwhm, psf=psf.as_dict(),
                     zp_e_mag=zp_e, zp_mag=zp_e - 2.5 * math.log10(gain), extinction_mag=ext,
@@ -253,6 +258,17 @@ class _NightPlanner:
             for _ in range(cfg.darks_per_exptime):
                 self.add("dark", exptime)
 
+    @property
+    def twilight_gradient(self) -> float:
+        """The twilight sky's gradient across a detector half-diagonal near the zenith."""
+        return TWILIGHT_GRADIENT_PER_DEG * self.half_diag_px * self.cam.pixscale_arcsec / 3600.0
+
+    def sun_direction_rad(self, jd: float) -> float:
+        """Direction of the Sun's azimuth on the detector for a zenith pointing
+        (north up, east left): the twilight sky is brighter that way."""
+        az = math.radians(ephem.sun_azimuth_deg(jd, self.site.latitude_deg, self.site.longitude_deg))
+        return math.atan2(math.cos(az), -math.sin(az))
+
     def twilight_flats(self) -> None:
         """Evening sky flats near the zenith with a few faint stars in each."""
         cfg, rng, ny, nx = self.cfg, self.rng, *self.cfg.shape
@@ -269,7 +285,8 @@ class _NightPlanner:
                 mid = self.jd + exptime / 2 / 86400.0
                 mu = atmosphere.sky_mag(band_name, self.sun_alt(mid), 1.0, 0.0,
                                         self.tel.sky_offset_mag)
-                cond = self.conditions(band_name, 89.0, self.sun_alt(mid), 0.015, sky_mag=mu)
+                cond = self.conditions(band_name, 89.0, self.sun_alt(mid), self.twilight_gradient,
+                                       sky_mag=mu, gradient_angle_rad=self.sun_direction_rad(mid))
                 cond["point_sources"] = [
                     [float(rng.uniform(0, nx)), float(rng.uniform(0, ny)),
                      cond["sky_e_per_s"] * float(rng.uniform(0.5, 4))]
