@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 
 import pytest
@@ -35,8 +36,9 @@ def test_bad_frames_never_stop_the_night(bad_night, tmp_path):
                             "nodate.fits", "noexptime.fits", "badra.fits", "focus.fits"}
     assert "type unknown" in skipped["focus.fits"]
     assert [s.file.rsplit("/", 1)[-1] for s in result.plan.science] == ["good1.fits", "good2.fits"]
-    assert all(s.flat == "borrow nearest night" for s in result.plan.science)
     assert [m.label for m in result.plan.masters] == ["bias (2x2)"]  # LOAO reads out 2x2
+    assert [m.path.name for m in result.masters.built] == ["bias_2x2.fits"]
+    assert set(result.calibration.uncalibrated.values()) == {"no flat: frames left uncalibrated"}
 
     with Ledger(data.ledger) as ledger:
         night = ledger.db.execute("SELECT * FROM nights").fetchone()
@@ -84,7 +86,7 @@ def test_night_date_from_frames_when_folder_is_not_a_night_name(tmp_path):
     result = process_night(load_profile("SBU"), folder, DataDir(tmp_path), ncores=2)
     # first frame 2017-09-08T20:45 UTC at longitude -73.1: evening of 2017-09-08
     assert result.night == "2017-09-08"
-    assert sorted(m.label for m in result.plan.masters)[:2] == ["bias (1x1)", "dark 10s (1x1)"]
+    assert sorted(m.label for m in result.plan.masters)[:2] == ["bias (1x1 -10C)", "bias (1x1 -5C)"]
     assert sum(len(m.files) for m in result.plan.masters) == 52
 
 
@@ -101,7 +103,8 @@ def test_process_cli(gppy_bin, tmp_path):
     out = run.stdout
     assert "SBU_STL1001E night 2017-09-08" in out
     assert "52 frames (52 read, 0 unchanged" in out
-    assert "flat clear (1x1)       from 10 frames" in out
+    assert re.search(r"built +flat_clear_1x1_m5C\.fits +10 frames +FLATLEV=", out)
+    assert re.search(r"built +bias_1x1_m10C\.fits +10 frames +BIASLEV=", out)
     assert "night done" in run.stderr  # readable console log line
     log = tmp_path / "logs" / "SBU_STL1001E" / "2017-09-08.jsonl"
     assert all(json.loads(line)["night"] == "2017-09-08" for line in log.read_text().splitlines())

@@ -7,6 +7,7 @@ import importlib
 # Modules providing `register(subparsers)` for one benchmark each, in --help order.
 BENCHMARK_MODULES = (
     "gppy.bench.combine",    # gppy bench combine
+    "gppy.bench.cosmics",    # gppy bench cosmics
     "gppy.bench.reduce",     # gppy bench reduce
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections import Counter
@@ -24,6 +25,8 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="redo work already done")
     p.add_argument("--out", help="product folder (default: DATA_DIR/products/OBS/NIGHT)")
     p.add_argument("--data-dir", help="data directory (default: $GPPY_DATA_DIR or ~/.gppy)")
+    p.add_argument("--mem-limit", type=float, metavar="GB",
+                   help="working memory for combining masters (default: the profile's, 2 GB)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug events on the console")
     p.set_defaults(func=run)
 
@@ -31,6 +34,11 @@ def register(sub) -> None:
 def run(args) -> int:
     logs.configure(verbose=args.verbose)
     profile = load_profile(args.obs)
+    if args.mem_limit is not None:
+        if args.mem_limit <= 0:
+            raise InputError(f"--mem-limit must be positive, got {args.mem_limit}")
+        profile = dataclasses.replace(profile, reduction=dataclasses.replace(
+            profile.reduction, mem_limit_gb=args.mem_limit))
     try:
         result = process_night(profile, args.night_dir, DataDir.resolve(args.data_dir),
                                ncores=max(1, args.ncores), force=args.force, out=args.out)
