@@ -22,6 +22,7 @@ from gppy.reduction.calibrate import FrameCalibration, calibrate
 from gppy.reduction.flags import Cal, Pixel
 from gppy.reduction.inventory import read_frame
 from gppy.reduction.masters import MasterError, Setup, build_bias, build_dark, read_master
+from gppy.reduction.preprocess import preprocess
 from gppy.settings import DataDir
 
 from conftest import real_data, simulate_nights
@@ -304,3 +305,39 @@ def test_frames_of_another_binning_get_no_masters(tmp_path):
     assert {m.path.name for m in result.masters.built} >= {"bias_2x2.fits", "flat_R_2x2.fits"}
     assert set(result.calibration.uncalibrated.values()) == {"no bias: frame left uncalibrated"}
     assert len(result.calibration.uncalibrated) == 3
+
+
+def test_overscan_is_removed_row_by_row_and_the_frame_trimmed(isolated_dirs):
+    user = isolated_dirs / "config" / "observatories"
+    user.mkdir(parents=True, exist_ok=True)
+    (user / "loao.toml").write_text('[reduction]\nbiassec = "[101:110,1:50]"\n'
+                                    'trimsec = "[1:100,1:50]"\n')
+    profile = load_profile("LOAO")
+    rows = np.arange(50, dtype=float)[:, None]
+    raw = np.full((50, 110), 5000.0) + 100.0 + 2.0 * rows  # a level drifting along the rows
+    raw[:, 100:] = 1000.0 + 2.0 * rows                     # the overscan follows the drift
+    raw[10, 20] = 70000.0
+    image, saturated = preprocess(raw, profile)
+    assert image.shape == saturated.shape == (50, 100)
+    expected = np.full((50, 100), 4100.0)
+    expected[10, 20] = 69000.0 - 20.0
+    assert np.allclose(image, expected)
+    assert saturated[9:12, 19:22].all() and saturated.sum() == 9
+
+
+def test_a_frame_failing_calibration_does_not_stop_the_others(two_nights, tmp_path):
+    """A science frame whose data do not match tonight's masters (a sub-frame read
+    out by mistake) fails alone, named with the reason; the others are calibrated."""
+    out, (first, _) = two_nights
+    night = tmp_path / first.meta["raw_folder"]
+    shutil.copytree(out / first.meta["raw_folder"], night)
+    profile = load_profile("LOAO")
+    science = sorted(f for f in night.iterdir() if read_frame(f, profile).type == "science")
+    with fits.open(science[0]) as hdul:
+        fits.PrimaryHDU(hdul[0].data[:256, :256], hdul[0].header).writeto(
+            night / "subframe.fits")
+    result = process_night(profile, night, DataDir(tmp_path / "data"), ncores=2)
+    assert len(result.calibration.calibrated) == len(science)
+    (failed, why), = result.calibration.failed.items()
+    assert failed.endswith("subframe.fits")
+    assert "does not match subframe.fits (256x256" in why

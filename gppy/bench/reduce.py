@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import logging
 import resource
 import tempfile
 import time
@@ -96,6 +97,7 @@ def _ccdproc(profile, jobs, out: Path) -> float:
     gain = profile.camera.gain_e_per_adu * u.electron / u.adu  # masters stay in ADU
     read_noise = float(bias.header["RDNOISE"]) * u.electron
     out.mkdir(parents=True, exist_ok=True)
+    logging.getLogger().setLevel(logging.ERROR)  # ccdproc warns of every negative pixel
     t0 = time.perf_counter()
     for rec, _ in jobs:
         raw = CCDData.read(rec.file, unit="adu")
