@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "gppy.reduction.command",     # gppy inspect
     "gppy.sim.command",           # gppy simulate
     "gppy.daemon.command",        # gppy process
+    "gppy.daemon.status",         # gppy status
     "gppy.bench.command",         # gppy bench combine
 )
 

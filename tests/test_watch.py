@@ -176,3 +176,36 @@ def test_gpwatch_missing_root_is_a_clear_error(gppy_bin, tmp_path):
                           str(tmp_path / "nowhere")], capture_output=True, text=True,
                          env=os.environ | {"GPPY_DATA_DIR": str(tmp_path)})
     assert run.returncode == 2 and "upload folder does not exist" in run.stderr
+
+
+def test_reading_a_night_is_not_activity_but_writing_is(tmp_path):
+    """The routine's own reads (inotify open / close-without-write) must not wake a
+    finished night; a new or appended file must."""
+    import queue
+
+    from watchdog.observers import Observer
+
+    from gppy.daemon.watch import _NightEvents
+
+    night = tmp_path / "2025_0315"
+    night.mkdir()
+    (night / "a.fits").write_bytes(b"x" * 100)
+    (tmp_path / "notes").mkdir()
+    active = queue.SimpleQueue()
+    observer = Observer()
+    observer.schedule(_NightEvents(tmp_path, "{YYYY}_{MM}{DD}", active), str(tmp_path),
+                      recursive=True)
+    observer.start()
+    try:
+        time.sleep(0.3)
+        (night / "a.fits").read_bytes()
+        (tmp_path / "notes" / "x.txt").write_text("not a night folder")
+        time.sleep(0.5)
+        assert active.empty()
+        with open(night / "a.fits", "ab") as fh:
+            fh.write(b"more")
+        _wait_for(lambda: not active.empty(), 5, "an event for the appended file")
+        assert active.get() == night
+    finally:
+        observer.stop()
+        observer.join()

@@ -174,6 +174,11 @@ class Ledger:
                        "attempts = attempts + ? WHERE id = ?",
                        (status, error, utc_now(), int(count_attempt), night_id))
 
+    def reset_attempts(self, night_id: int) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE nights SET attempts = 0, updated_utc = ? WHERE id = ?",
+                       (utc_now(), night_id))
+
     def night(self, night_id: int) -> sqlite3.Row:
         return self.db.execute("SELECT * FROM nights WHERE id = ?", (night_id,)).fetchone()
 

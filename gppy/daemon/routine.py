@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from gppy import logs
 from gppy.errors import InputError
@@ -33,6 +35,18 @@ INVENTORY_STEP = "inventory"
 
 class NightError(InputError, RuntimeError):
     """A night that cannot be processed at all (not a single bad frame)."""
+
+
+class NightInterrupted(Exception):
+    """Stopped on request between frames; the ledger has everything finished so far."""
+
+
+def _never() -> bool:
+    return False
+
+
+def _ignore(kind: str, payload: dict) -> None:
+    pass
 
 
 @dataclass
@@ -80,7 +94,13 @@ def night_label(profile: Profile, night_dir: Path, files: list[Path]) -> str:
 
 
 def process_night(profile: Profile, night_dir: str | Path, data: DataDir, ncores: int = 1,
-                  force: bool = False, out: str | Path | None = None) -> NightResult:
+                  force: bool = False, out: str | Path | None = None,
+                  should_stop: Callable[[], bool] = _never,
+                  on_event: Callable[[str, dict], None] = _ignore) -> NightResult:
+    """Run every stage on one night folder. `should_stop` is asked between frames: when
+    it says so, the night is left 'queued' (it resumes from the ledger) and
+    NightInterrupted is raised. `on_event("started", ...)` is called once the frames are
+    known, with what the daemon reports."""
     started = time.monotonic()
     night_dir = Path(night_dir).resolve()
     if not night_dir.is_dir():
@@ -96,14 +116,20 @@ def process_night(profile: Profile, night_dir: str | Path, data: DataDir, ncores
         log.info("night started", path=str(night_dir), frames=len(files), ncores=ncores,
                  force=force)
         try:
-            records, n_scanned = _inventory(ledger, night_id, files, profile, ncores, force, log)
+            records, n_scanned = _inventory(ledger, night_id, files, profile, ncores, force, log,
+                                            should_stop)
             plan = make_plan(records)
+            on_event("started", started_event(records, plan, ncores))
             gain_mode = gain_mode_of(profile, night_dir)
             masters = build_masters(plan, profile, ledger, night, gain_mode,
                                     data.masters(profile.name, night), ncores, force, log)
             calibration = _calibrate(ledger, night_id, plan, profile, night, gain_mode, out_dir,
-                                     ncores, force, log)
+                                     ncores, force, log, should_stop)
             _write_products(ledger, night_id, out_dir, records, plan)
+        except NightInterrupted:
+            ledger.set_night_status(night_id, "queued", error="interrupted; resumes from the ledger")
+            log.warning("night interrupted", seconds=round(time.monotonic() - started, 2))
+            raise
         except Exception as exc:
             ledger.set_night_status(night_id, "failed", error=f"{type(exc).__name__}: {exc}")
             log.exception("night failed")
@@ -118,8 +144,28 @@ def process_night(profile: Profile, night_dir: str | Path, data: DataDir, ncores
                        len(records) - n_scanned, plan, masters, calibration, seconds, ncores)
 
 
+def started_event(records: list[FrameRecord], plan: NightPlan, ncores: int) -> dict:
+    """What the daemon announces when a night's processing starts."""
+    counts = Counter(r.type if r.error is None else "unreadable" for r in records)
+    return {"frames": dict(counts), "objects": sorted({r.object for r in plan.science if r.object}),
+            "filters": sorted({r.filter for r in plan.science}), "ncores": ncores,
+            "skipped": plan.skipped}
+
+
+def done_event(r: NightResult) -> dict:
+    """What the daemon reports when a night is done."""
+    c = r.calibration
+    return {"seconds": round(r.seconds, 1), "frames": len(r.records), "ncores": r.ncores,
+            "calibrated": len(c.calibrated), "unchanged": c.unchanged, "failed": c.failed,
+            "uncalibrated": dict(Counter(c.uncalibrated.values())), "skipped": r.plan.skipped,
+            "masters_built": len(r.masters.built), "masters_failed": r.masters.failed,
+            "borrowed": {kind: sorted(nights) for kind, nights in c.borrowed.items()},
+            "products": str(r.out_dir), "log": str(r.log_path)}
+
+
 def _inventory(ledger: Ledger, night_id: int, files: list[Path], profile: Profile,
-               ncores: int, force: bool, log) -> tuple[list[FrameRecord], int]:
+               ncores: int, force: bool, log,
+               should_stop: Callable[[], bool]) -> tuple[list[FrameRecord], int]:
     """Records of every frame: unchanged ones (same size and mtime, step done) come
     from the ledger, the rest are read on `ncores` processes."""
     records, todo = [], []
@@ -143,13 +189,16 @@ def _inventory(ledger: Ledger, night_id: int, files: list[Path], profile: Profil
                       filter=rec.filter, exptime=rec.exptime, object=rec.object)
         records.append(rec)
         progress.advance()
+        if should_stop():
+            raise NightInterrupted
     progress.close()
     records.sort(key=lambda r: r.file)
     return records, len(todo)
 
 
 def _calibrate(ledger: Ledger, night_id: int, plan: NightPlan, profile: Profile, night: str,
-               gain_mode: str, out_dir: Path, ncores: int, force: bool, log) -> CalibrationReport:
+               gain_mode: str, out_dir: Path, ncores: int, force: bool, log,
+               should_stop: Callable[[], bool]) -> CalibrationReport:
     """Calibrate every science frame whose masters (or their inputs) changed since
     it was last calibrated, or all with `force`."""
     report = CalibrationReport()
@@ -187,6 +236,8 @@ def _calibrate(ledger: Ledger, night_id: int, plan: NightPlan, profile: Profile,
             report.calibrated.append(str(result.output))
             log.debug("calibrated", file=file, **info)
         progress.advance()
+        if should_stop():
+            raise NightInterrupted
     progress.close()
     return report
 

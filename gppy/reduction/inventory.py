@@ -20,6 +20,7 @@ import bottleneck as bn
 import numpy as np
 from astropy.table import MaskedColumn, Table
 
+from gppy import parallel
 from gppy.fitsio import BadFrame, read_header, read_image
 from gppy.obsconfig.headers import FrameRecord, homogenise
 from gppy.obsconfig.schema import Profile
@@ -98,15 +99,7 @@ def scan_frame(path: str | os.PathLike, profile: Profile) -> ScannedFrame:
 
 def scan_frames(paths: Iterable[Path], profile: Profile, ncores: int) -> Iterator[ScannedFrame]:
     """`scan_frame` over many files on `ncores` processes, in completion order."""
-    paths = list(paths)
-    if ncores <= 1 or len(paths) < 2:
-        for p in paths:
-            yield scan_frame(p, profile)
-        return
-    import multiprocess
-
-    with multiprocess.Pool(min(ncores, len(paths))) as pool:
-        yield from pool.imap_unordered(lambda p: scan_frame(p, profile), paths)
+    return parallel.imap(lambda p: scan_frame(p, profile), paths, ncores)
 
 
 def group_key(rec: FrameRecord) -> tuple:

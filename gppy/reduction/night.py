@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from gppy import parallel
 from gppy.daemon.ledger import Ledger
 from gppy.daemon.plan import NightPlan, binning_of, settemp_of
 from gppy.errors import InputError
@@ -181,11 +182,4 @@ def _calibrate_safely(job: tuple[FrameRecord, FrameCalibration], profile: Profil
 def calibrate_frames(jobs: list[tuple[FrameRecord, FrameCalibration]], profile: Profile,
                      out_dir: Path, ncores: int) -> Iterator[tuple[str, CalibResult | None, str | None]]:
     """(file, result, error) for each job, in completion order, on `ncores` processes."""
-    if ncores <= 1 or len(jobs) < 2:
-        for job in jobs:
-            yield _calibrate_safely(job, profile, out_dir)
-        return
-    import multiprocess
-
-    with multiprocess.Pool(min(ncores, len(jobs))) as pool:
-        yield from pool.imap_unordered(lambda job: _calibrate_safely(job, profile, out_dir), jobs)
+    return parallel.imap(lambda job: _calibrate_safely(job, profile, out_dir), jobs, ncores)

@@ -1,0 +1,61 @@
+"""The texts the daemon posts (Slack mrkdwn), as pure functions of what it knows:
+a night detected, processing started, done, failed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gppy.daemon.slack import escape
+
+MAX_LISTED = 10  # files named in one message; the rest are counted
+
+
+def _listed(items: dict[str, str]) -> list[str]:
+    lines = [f"  • {escape(Path(f).name)}: {escape(str(why))}"
+             for f, why in sorted(items.items())[:MAX_LISTED]]
+    if len(items) > MAX_LISTED:
+        lines.append(f"  • … and {len(items) - MAX_LISTED} more")
+    return lines
+
+
+def detected(obs: str, night: str, path: Path, n_files: int) -> str:
+    return (f":telescope: *{obs}* night {night}: new data in `{escape(str(path))}` "
+            f"({n_files} files so far); processing once the folder settles.")
+
+
+def started(obs: str, night: str, event: dict) -> str:
+    frames = event["frames"]
+    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(frames.items()))
+    objects = ", ".join(escape(o) for o in event["objects"]) or "none"
+    filters = ", ".join(escape(f) for f in event["filters"]) or "none"
+    return (f":gear: *{obs}* night {night}: processing {sum(frames.values())} frames ({kinds}) "
+            f"on {event['ncores']} cores; objects {objects}; filters {filters}.")
+
+
+def done(obs: str, night: str, event: dict) -> str:
+    lines = [f":white_check_mark: *{obs}* night {night} done in {event['seconds']:.0f} s: "
+             f"{event['calibrated']} frames calibrated"
+             + (f" ({event['unchanged']} unchanged)" if event["unchanged"] else "")
+             + f", {len(event['failed'])} failed, {len(event['skipped'])} skipped."]
+    for kind, nights in sorted(event["borrowed"].items()):
+        lines.append(f"Borrowed the {kind} from night {', '.join(nights)}.")
+    for why, n in sorted(event["uncalibrated"].items()):
+        lines.append(f"{n} frames not calibrated: {escape(why)}.")
+    if event["masters_failed"]:
+        lines.append("Masters that could not be built:")
+        lines += _listed(event["masters_failed"])
+    if event["failed"]:
+        lines.append("Frames that failed:")
+        lines += _listed(event["failed"])
+    if event["skipped"]:
+        lines.append("Files skipped:")
+        lines += _listed(event["skipped"])
+    lines.append(f"Products: `{escape(event['products'])}`")
+    return "\n".join(lines)
+
+
+def failed(obs: str, night: str, error: str, log: Path, attempts: int) -> str:
+    """Posted once, when the retries are used up."""
+    return (f":x: *{obs}* night {night} failed after {attempts} attempts: {escape(error)}\n"
+            f"It is retried when new files arrive, or reprocess it with `gppy process`.\n"
+            f"Log: `{escape(str(log))}`")
