@@ -8,8 +8,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
 # astrometry.net and the Tycho-2 index files used by solve-field and by the
-# simulator's real star fields.
-APT_PACKAGES := astrometry.net \
+# simulator's real star fields; systemd for `systemd-analyze verify` of the unit.
+APT_PACKAGES := systemd astrometry.net \
 	astrometry-data-tycho2-07-littleendian \
 	astrometry-data-tycho2-08-littleendian \
 	astrometry-data-tycho2-09-littleendian \

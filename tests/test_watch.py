@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -209,3 +210,56 @@ def test_reading_a_night_is_not_activity_but_writing_is(tmp_path):
     finally:
         observer.stop()
         observer.join()
+
+
+def test_gpwatch_on_a_terminal_lists_observatories_and_asks(gppy_bin, tmp_path):
+    import pty
+
+    main, secondary = pty.openpty()
+    proc = subprocess.Popen([str(gppy_bin.with_name("gpwatch"))], stdin=secondary,
+                            stdout=secondary, stderr=secondary, close_fds=True)
+    os.close(secondary)
+    os.write(main, b"7dt05\n1\n")
+    output = b""
+    try:
+        while proc.poll() is None or output.count(b"\n") < 3:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # the terminal closed: the process has exited
+                break
+            if not chunk:
+                break
+            output += chunk
+    finally:
+        proc.wait(timeout=30)
+        os.close(main)
+    text = output.decode(errors="replace")
+    assert "Observatories:" in text and "7DT05" in text and "LOAO" in text
+    assert "Observatory to watch:" in text
+    # the answer was taken: 7DT05's upload folder does not exist on this machine
+    assert "/data/obsdata/7DT05: the upload folder does not exist" in text
+    assert proc.returncode == 2
+
+
+def test_gppy_status_json(gppy_bin, tmp_path):
+    from gppy.daemon.routine import process_night
+    from gppy.obsconfig.loader import load_profile
+    from gppy.settings import DataDir
+
+    night = tmp_path / "2025_0315"
+    night.mkdir()
+    (night / "bias1.fits").write_bytes(_frame_bytes("Bias Frame", "2025-03-16T01:00:00"))
+    (night / "sci1.fits").write_bytes(_frame_bytes("Light Frame", "2025-03-16T03:00:00"))
+    (night / "broken.fits").write_bytes(b"SIMPLE  =")
+    process_night(load_profile("LOAO"), night, DataDir(tmp_path / "data"))
+    out = subprocess.run([str(gppy_bin), "status", "LOAO", "--json", "--data-dir",
+                          str(tmp_path / "data")], capture_output=True, text=True, check=True)
+    (row,) = [json.loads(line) for line in out.stdout.splitlines()]
+    assert {"obs", "night", "state", "attempts", "frames_done", "frames_failed", "error"} <= set(row)
+    assert (row["obs"], row["night"], row["state"], row["attempts"]) == ("LOAO", "2025-03-15",
+                                                                       "done", 1)
+    # the bias is done; the science frame has no flat (skipped); the broken file failed
+    assert (row["frames_done"], row["frames_failed"]) == (2, 1)
+    table = subprocess.run([str(gppy_bin), "status", "--data-dir", str(tmp_path / "data")],
+                           capture_output=True, text=True, check=True).stdout
+    assert re.search(r"LOAO\s+2025-03-15\s+done\s+1\s+2\s+1", table)

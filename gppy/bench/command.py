@@ -9,6 +9,7 @@ BENCHMARK_MODULES = (
     "gppy.bench.combine",    # gppy bench combine
     "gppy.bench.cosmics",    # gppy bench cosmics
     "gppy.bench.reduce",     # gppy bench reduce
+    "gppy.bench.latency",    # gppy bench latency
 )
 
 
