@@ -4,8 +4,8 @@ user's configuration and data directories."""
 from __future__ import annotations
 
 import gzip
-import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,9 +63,15 @@ def simulate_nights(out: Path, obs: str, size: int | None, nights: int = 1, nsci
     return out, [Truth.load(truth_dir(out, f.name)) for f in folders]
 
 
-def copy_files(files, dest: Path) -> list[Path]:
-    dest.mkdir(parents=True, exist_ok=True)
-    return [Path(shutil.copy2(f, dest)) for f in files]
+def wait_for(predicate, timeout_s: float, what: str):
+    """The first truthy value of predicate(), polled every 0.1 s, or AssertionError."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def _write(path: Path, header: dict, data=None) -> Path:

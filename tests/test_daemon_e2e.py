@@ -22,7 +22,7 @@ from gppy.daemon.slackstub import SlackStub
 from gppy.obsconfig.loader import load_profile
 from gppy.reduction.inventory import read_frame
 
-from conftest import simulate_nights
+from conftest import simulate_nights, wait_for
 
 pytestmark = pytest.mark.slow
 TOKEN = "xoxb-gppy-test-0123456789-abcdef"
@@ -70,7 +70,7 @@ class Daemon:
             [str(Path(os.sys.executable).with_name("gpwatch")), "loao", str(ncores), "--root",
              str(root), "--settle", str(settle_s), "--poll", "0.2", *extra],
             stdout=open(self.output, "w"), stderr=subprocess.STDOUT, env=env)
-        _wait_for(lambda: "watching" in self.text(), 30, "gpwatch to start")
+        wait_for(lambda: "watching" in self.text(), 30, "gpwatch to start")
 
     def text(self) -> str:
         return self.output.read_text() if self.output.exists() else ""
@@ -103,16 +103,6 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
-
-
-def _wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def _upload(files: list[Path], dest: Path, delay_s: float, daemon: Daemon | None = None,
@@ -162,7 +152,7 @@ def test_night_processed_once_after_it_settles_with_messages(small_night, tmp_pa
                 status = json.load(r)
             assert status["obs"] == "LOAO" and status["state"] in ("idle", "processing")
             assert str(night_dir) in status["settling"] + [(status["current"] or {}).get("path")]
-            row = _wait_for(lambda: (r := daemon.night(night_dir)) and r["status"] == "done" and r,
+            row = wait_for(lambda: (r := daemon.night(night_dir)) and r["status"] == "done" and r,
                             120, "the night to be processed")
             assert row["attempts"] == 1
             events = daemon.events("2024-03-14")
@@ -182,7 +172,7 @@ def test_night_processed_once_after_it_settles_with_messages(small_night, tmp_pa
 
             # late files in the finished night: only they are processed and reported
             _upload(late, night_dir, 0.05)
-            _wait_for(lambda: (r := daemon.night(night_dir))["attempts"] == 2
+            wait_for(lambda: (r := daemon.night(night_dir))["attempts"] == 2
                       and r["status"] == "done", 120, "the late frames to be processed")
             # the second run reads the 2 late frames, and tries the unreadable file again
             assert [e["scanned"] for e in daemon.events("2024-03-14")
@@ -207,7 +197,7 @@ def test_stop_and_crash_mid_night_resume_without_redoing_frames(slow_night, tmp_
         try:
             _upload(sorted(slow_night.iterdir()), night_dir, 0.0)
             done_count = lambda: sum(c["status"] == "done" for c in daemon.calibrated().values())
-            _wait_for(lambda: daemon.night(night_dir) and daemon.night(night_dir)["status"]
+            wait_for(lambda: daemon.night(night_dir) and daemon.night(night_dir)["status"]
                       == "processing" and (daemon.data / "ledger.sqlite").exists()
                       and done_count() >= 2, 180, "two frames calibrated")
             # SIGTERM: the frame in hand is finished, the night is left queued
@@ -217,7 +207,7 @@ def test_stop_and_crash_mid_night_resume_without_redoing_frames(slow_night, tmp_
             assert 2 <= len(first_round) < n_science
 
             daemon = Daemon(tmp_path, root, stub.url, settle_s=1.0, ncores=1)
-            _wait_for(lambda: done_count() >= len(first_round) + 2, 180, "two more frames")
+            wait_for(lambda: done_count() >= len(first_round) + 2, 180, "two more frames")
             daemon.kill()  # kill -9: no chance to clean up
             at_kill = {k: v for k, v in daemon.calibrated().items() if v["status"] == "done"}
             outputs = {Path(v["output"]).stat().st_mtime_ns for v in at_kill.values()}
@@ -227,7 +217,7 @@ def test_stop_and_crash_mid_night_resume_without_redoing_frames(slow_night, tmp_
             assert {p.stat().st_mtime_ns for p in products.glob("Calib-*.fits")} == outputs
 
             daemon = Daemon(tmp_path, root, stub.url, settle_s=1.0, ncores=1)
-            _wait_for(lambda: daemon.night(night_dir)["status"] == "done", 240, "the night done")
+            wait_for(lambda: daemon.night(night_dir)["status"] == "done", 240, "the night done")
             final = daemon.calibrated()
             assert len(final) == n_science and all(c["status"] == "done" for c in final.values())
             for name, step in at_kill.items():  # finished frames were not redone
@@ -257,10 +247,10 @@ def test_slack_down_never_stops_processing(small_night, tmp_path):
     try:
         t0 = time.monotonic()
         _upload(sorted(small_night.iterdir()), root / small_night.name, 0.0)
-        _wait_for(lambda: (r := daemon.night(root / small_night.name)) and r["status"] == "done",
+        wait_for(lambda: (r := daemon.night(root / small_night.name)) and r["status"] == "done",
                   120, "the night to be processed")
         assert time.monotonic() - t0 < 60  # while the first message is still being retried
-        _wait_for(lambda: "slack message dropped" in daemon.text(), 120,
+        wait_for(lambda: "slack message dropped" in daemon.text(), 120,
                   "the first message to be dropped after its retries")
         assert daemon.stop(timeout_s=60) == 0
     finally:
@@ -300,7 +290,7 @@ def test_failing_night_is_retried_then_reported_once(small_night, tmp_path):
                         settle_s=1.0)
         try:
             _upload(sorted(small_night.iterdir()), root / small_night.name, 0.0)
-            row = _wait_for(lambda: (r := daemon.night(root / small_night.name)) and
+            row = wait_for(lambda: (r := daemon.night(root / small_night.name)) and
                             r["status"] == "failed" and r["attempts"] == 2 and r, 120,
                             "two failed attempts")
             assert "NotADirectoryError" in row["error"] or "FileExistsError" in row["error"]

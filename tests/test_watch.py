@@ -19,6 +19,8 @@ from gppy.daemon.ledger import Ledger
 from gppy.daemon.settle import Settler, Snapshot, snapshot
 from gppy.daemon.watch import filesystem_type
 
+from conftest import wait_for
+
 
 class FakeClock:
     def __init__(self):
@@ -79,16 +81,6 @@ def _frame_bytes(imagetyp: str, dateobs: str, size: int = 64) -> bytes:
     return buf.getvalue()
 
 
-def _wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
 def _night_row(ledger_path: Path, night_dir: Path):
     if not ledger_path.exists():
         return None
@@ -129,7 +121,7 @@ def test_gpwatch_processes_a_night_once_it_settles(gppy_bin, tmp_path):
                 assert row is None or row["status"] == "settling", "processed while uploading"
         last_write = time.time()
 
-        row = _wait_for(lambda: (r := _night_row(ledger_path, night)) and r["status"] == "done"
+        row = wait_for(lambda: (r := _night_row(ledger_path, night)) and r["status"] == "done"
                         and r, 90, "the night to be processed")
         assert row["attempts"] == 1
         log = data / "logs" / "LOAO" / "2025-03-15.jsonl"
@@ -144,7 +136,7 @@ def test_gpwatch_processes_a_night_once_it_settles(gppy_bin, tmp_path):
 
         # a frame arriving in a finished night triggers a run over just that frame
         (night / "sci2.fits").write_bytes(_frame_bytes("Light Frame", "2025-03-16T03:10:00"))
-        _wait_for(lambda: (r := _night_row(ledger_path, night)) and r["attempts"] == 2
+        wait_for(lambda: (r := _night_row(ledger_path, night)) and r["attempts"] == 2
                   and r["status"] == "done", 90, "the new frame to be processed")
         events = [json.loads(line) for line in log.read_text().splitlines()]
         assert [e["scanned"] for e in events if e["event"] == "night done"] == [2, 1]
@@ -205,7 +197,7 @@ def test_reading_a_night_is_not_activity_but_writing_is(tmp_path):
         assert active.empty()
         with open(night / "a.fits", "ab") as fh:
             fh.write(b"more")
-        _wait_for(lambda: not active.empty(), 5, "an event for the appended file")
+        wait_for(lambda: not active.empty(), 5, "an event for the appended file")
         assert active.get() == night
     finally:
         observer.stop()

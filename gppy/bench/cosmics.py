@@ -119,24 +119,20 @@ def replay_raw(truth, frame: dict, sim_cosmics: bool = True,
 
     cam = truth.camera
     seed, night = truth.meta["seed"], truth.meta["night_index"]
-    rng = stream(seed, "noise", night, frame["seq"])
-    rate = render._electron_rate(truth, frame)
-    electrons = rng.poisson(rate * frame["exptime_s"]).astype(np.float64)
-    cosmic = instrument.cosmic_rays(rng, truth.shape, cam["kind"],
-                                    frame["exptime_s"] + cam["readout_s"])
-    if not np.array_equal(cosmic > cam["read_noise_e"], truth.cosmic_mask(frame["file"])):
-        raise RuntimeError(f"{frame['file']}: replayed cosmic rays differ from the truth mask "
-                           "(gppy.sim.render.raw_frame changed its draws?)")
-    deposit = cosmic if sim_cosmics else np.zeros(truth.shape)
-    if extra_cosmics_s > 0:
-        extra = stream(seed, "bench-cosmics", night, frame["seq"])
-        deposit = deposit + instrument.cosmic_rays(extra, truth.shape, cam["kind"], extra_cosmics_s)
-    electrons += deposit
-    if cam["kind"] == "CCD":
-        instrument.bloom(electrons, cam["full_well_e"])
-    bias = truth.detector.bias_adu.astype(np.float64) + frame["bias_offset_adu"]
-    raw = instrument.digitise(electrons, bias, truth.gain, cam["read_noise_e"],
-                              cam["saturation_adu"], rng)
+
+    def deposit_of(cosmic: np.ndarray) -> np.ndarray:
+        if not np.array_equal(cosmic > cam["read_noise_e"], truth.cosmic_mask(frame["file"])):
+            raise RuntimeError(f"{frame['file']}: replayed cosmic rays differ from the truth "
+                               "mask (gppy.sim.render.draw_raw changed its draws?)")
+        deposit = cosmic if sim_cosmics else np.zeros(truth.shape)
+        if extra_cosmics_s > 0:
+            extra = stream(seed, "bench-cosmics", night, frame["seq"])
+            deposit = deposit + instrument.cosmic_rays(extra, truth.shape, cam["kind"],
+                                                       extra_cosmics_s)
+        return deposit
+
+    raw, _, deposit = render.draw_raw(truth, frame, stream(seed, "noise", night, frame["seq"]),
+                                      deposit_of)
     return raw.astype(np.float64), deposit
 
 

@@ -7,6 +7,8 @@ and later checks draw the very same images.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from gppy.sim import instrument
@@ -108,18 +110,29 @@ def expected_raw_adu(truth, frame: dict) -> np.ndarray:
     return bias + _electron_rate(truth, frame) * (frame["exptime_s"] / truth.gain)
 
 
-def raw_frame(truth, frame: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(uint16 raw data, cosmic-ray mask) as the camera writes them; see
-    `gppy.sim.instrument` for the pixel model. The mask marks pixels given more
-    than one read-noise sigma of charge by a cosmic ray."""
+def draw_raw(truth, frame: dict, rng: np.random.Generator,
+             deposit_of: Callable[[np.ndarray], np.ndarray] | None = None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(uint16 raw data, cosmic-ray charge drawn, charge deposited) in e-, drawing
+    from `rng` in a fixed order (see `gppy.sim.instrument` for the pixel model).
+    `deposit_of(cosmic)` may change what is deposited (benchmarks replaying a frame
+    with more or no cosmic rays) without changing the draws."""
     cam = truth.camera
     electrons = rng.poisson(_electron_rate(truth, frame) * frame["exptime_s"]).astype(np.float64)
     cosmic = instrument.cosmic_rays(rng, truth.shape, cam["kind"],
                                     frame["exptime_s"] + cam["readout_s"])
-    electrons += cosmic
+    deposit = cosmic if deposit_of is None else deposit_of(cosmic)
+    electrons += deposit
     if cam["kind"] == "CCD":
         instrument.bloom(electrons, cam["full_well_e"])
     bias = truth.detector.bias_adu.astype(np.float64) + frame["bias_offset_adu"]
     data = instrument.digitise(electrons, bias, truth.gain, cam["read_noise_e"],
                                cam["saturation_adu"], rng)
-    return data, cosmic > cam["read_noise_e"]
+    return data, cosmic, deposit
+
+
+def raw_frame(truth, frame: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(uint16 raw data, cosmic-ray mask) as the camera writes them. The mask marks
+    pixels given more than one read-noise sigma of charge by a cosmic ray."""
+    data, cosmic, _ = draw_raw(truth, frame, rng)
+    return data, cosmic > truth.camera["read_noise_e"]
