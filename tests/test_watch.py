@@ -35,7 +35,8 @@ def test_settler_waits_for_no_change():
     s = Settler(settle_s=60, clock=clock)
     night = Path("/raw/2025_0315")
     assert s.track(night) and not s.track(night)
-    s.observe(night, Snapshot(1, 100, 5.0))
+    assert s.observe(night, Snapshot(1, 100, 5.0))      # the first snapshot
+    assert not s.observe(night, Snapshot(1, 100, 5.0))
     clock.t += 59
     s.observe(night, Snapshot(1, 100, 5.0))
     assert s.settled() == []

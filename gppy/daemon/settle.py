@@ -52,11 +52,13 @@ class Settler:
         self._last[night_dir] = (None, self.clock())
         return new
 
-    def observe(self, night_dir: Path, snap: Snapshot) -> None:
+    def observe(self, night_dir: Path, snap: Snapshot) -> bool:
+        """Record a snapshot; True if it is the night's first since it was tracked."""
         previous, since = self._last.get(night_dir, (None, self.clock()))
         if snap != previous:
             since = self.clock()
         self._last[night_dir] = (snap, since)
+        return previous is None
 
     def settled(self) -> list[Path]:
         now = self.clock()

@@ -148,7 +148,7 @@ class Watcher:
             return
         night = self._night_label(night_dir)
         row = ledger.night_by_path(night_dir)
-        night_id = ledger.upsert_night(self.profile.name, night, night_dir, "settling")
+        night_id = ledger.upsert_night(self.profile.name, night, night_dir, "detected")
         if row is not None and row["status"] == "failed":
             ledger.reset_attempts(night_id)
         self.retry_at.pop(night_dir, None)
@@ -203,9 +203,13 @@ class Watcher:
             self._track(ledger, self.active.get(), announce=True)
         for night_dir in self.settler.tracked:
             try:
-                self.settler.observe(night_dir, snapshot(night_dir))
+                first = self.settler.observe(night_dir, snapshot(night_dir))
             except FileNotFoundError:
                 self.settler.forget(night_dir)
+                continue
+            if first:
+                ledger.upsert_night(self.profile.name, self._night_label(night_dir), night_dir,
+                                    "settling")
         now = time.monotonic()
         due = [d for d, at in self.retry_at.items() if at <= now]
         for night_dir in sorted(self.settler.settled() + due):  # oldest night first
