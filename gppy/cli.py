@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "gppy.sim.command",           # gppy simulate
     "gppy.daemon.command",        # gppy process
     "gppy.daemon.status",         # gppy status
+    "gppy.astrometry.command",    # gppy astrometry
     "gppy.bench.command",         # gppy bench combine
 )
 

@@ -7,3 +7,8 @@ a traceback; anything else is a bug and keeps its traceback.
 
 class InputError(Exception):
     pass
+
+
+class NightInterrupted(Exception):
+    """Not an error: a night stopped on request between frames; the ledger holds
+    everything finished so far and the night resumes from it."""

@@ -14,6 +14,15 @@ Site settings that are not about one observatory live in ``<config dir>/settings
     [slack.channels]                            # observatory (any case) -> channel name or ID
     LOAO = "#loao"
 
+    [astrometry]
+    index_dirs = ["/usr/share/astrometry"]      # astrometry.net index folders, searched in order
+    cpulimit_s = 30                             # solve-field --cpulimit for a hinted solve
+    timeout_s = 60                              # wall clock for a hinted solve
+    blind_cpulimit_s = 120                      # the blind retry
+    blind_timeout_s = 180
+    refcat = "auto"                             # auto | gaia | tycho2 | a catalogue file
+    offline = false                             # never query VizieR; cache and files only
+
 Only the file's own values are returned here; gppy.daemon.slack applies the environment
 variables and the defaults (precedence: environment > settings file > default).
 """
@@ -56,10 +65,27 @@ class SlackSettings:
         return self.channels.get(obs.casefold(), self.default_channel)
 
 
+DEFAULT_INDEX_DIRS = (Path("/usr/share/astrometry"),)  # Debian's astrometry-data-* packages
+
+
+@dataclass(frozen=True)
+class AstrometrySettings:
+    """The [astrometry] table, with its defaults."""
+
+    index_dirs: tuple[Path, ...] = DEFAULT_INDEX_DIRS
+    cpulimit_s: float = 30.0
+    timeout_s: float = 60.0
+    blind_cpulimit_s: float = 120.0
+    blind_timeout_s: float = 180.0
+    refcat: str = "auto"          # auto | gaia | tycho2 | path of a catalogue file
+    offline: bool = False
+
+
 @dataclass(frozen=True)
 class Settings:
     path: Path | None = None  # the file read (None: there was none)
     slack: SlackSettings = SlackSettings()
+    astrometry: AstrometrySettings = AstrometrySettings()
 
 
 def _text(value: Any) -> str:
@@ -84,6 +110,24 @@ def _channel(value: Any) -> str:
     return value
 
 
+def _positive(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"expected a positive number, got {value!r}")
+    return float(value)
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _paths(value: Any) -> tuple[Path, ...]:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"expected a non-empty list of folders, got {value!r}")
+    return tuple(Path(_text(v)).expanduser() for v in value)
+
+
 # key -> validator (value -> converted value, ValueError if wrong), or a table of them;
 # the key "*" accepts any key (the observatory names under [slack.channels]).
 _SCHEMA: dict = {
@@ -92,6 +136,15 @@ _SCHEMA: dict = {
         "token_file": _text,
         "default_channel": _channel,
         "channels": {"*": _channel},
+    },
+    "astrometry": {
+        "index_dirs": _paths,
+        "cpulimit_s": _positive,
+        "timeout_s": _positive,
+        "blind_cpulimit_s": _positive,
+        "blind_timeout_s": _positive,
+        "refcat": _text,
+        "offline": _bool,
     },
 }
 
@@ -144,9 +197,13 @@ def load_settings(path: str | os.PathLike | None = None) -> Settings:
     token_file = None
     if "token_file" in slack:  # relative to the settings file's folder
         token_file = path.parent / Path(slack["token_file"]).expanduser()
+    astrometry = data.get("astrometry", {})
+    if "refcat" in astrometry and astrometry["refcat"] not in ("auto", "gaia", "tycho2"):
+        astrometry["refcat"] = str(path.parent / Path(astrometry["refcat"]).expanduser())
     return Settings(path, SlackSettings(api_url=slack.get("api_url"), token_file=token_file,
                                         default_channel=slack.get("default_channel"),
-                                        channels=channels))
+                                        channels=channels),
+                    AstrometrySettings(**astrometry))
 
 
 @dataclass(frozen=True)

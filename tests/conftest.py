@@ -43,8 +43,9 @@ def gppy_bin() -> Path:
 
 
 def simulate_nights(out: Path, obs: str, size: int | None, nights: int = 1, nscience: int = 2,
-                    seed: int = 7, n_fields: int = 1):
-    """(out, [Truth per night]) of a simulated run written under `out`."""
+                    seed: int = 7, n_fields: int = 1, render: bool = True):
+    """(out, [Truth per night]) of a simulated run written under `out` (without the
+    raw frames when not `render`)."""
     import datetime as dt
 
     from gppy.obsconfig.loader import load_profile
@@ -59,7 +60,7 @@ def simulate_nights(out: Path, obs: str, size: int | None, nights: int = 1, nsci
                     bands=default_bands(profile.camera.filters),
                     first_night=dt.date(2024, 3, 14), n_nights=nights, n_fields=n_fields,
                     nscience=nscience, exptime_s=120.0)
-    folders = simulate(cfg, out, processes=2)
+    folders = simulate(cfg, out, processes=2, render=render)
     return out, [Truth.load(truth_dir(out, f.name)) for f in folders]
 
 

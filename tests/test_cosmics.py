@@ -18,7 +18,7 @@ from gppy.bench.cosmics import (calibrated_frame, default_params, run_ours, scor
                                 simulate_frames, summarise)
 from gppy.reduction import cosmics
 from gppy.reduction.cosmics import find_cosmics, prepare
-from gppy.sim import tycho
+from gppy.astrometry import tycho
 
 pytestmark = pytest.mark.skipif(not (tycho.DEFAULT_INDEX_DIR / tycho.INDEX_NAME).is_file(),
                                 reason="astrometry-data-tycho2-07-littleendian is not installed")

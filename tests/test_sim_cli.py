@@ -14,7 +14,7 @@ from gppy.fitsio import read_header, read_image
 from gppy.obsconfig.headers import homogenise
 from gppy.obsconfig.loader import UnknownObservatory, load_profile
 from gppy.obsconfig.nights import parse_night
-from gppy.sim import tycho
+from gppy.astrometry import tycho
 from gppy.sim.command import DEFAULT_DATE, default_bands
 from gppy.sim.plan import RunConfig
 from gppy.sim.simulate import simulate

@@ -9,7 +9,7 @@ import pytest
 from astropy.io import fits
 
 from gppy.obsconfig.loader import load_profile
-from gppy.sim import tycho
+from gppy.astrometry import tycho
 from gppy.sim.plan import RunConfig
 from gppy.sim.simulate import simulate
 

@@ -15,7 +15,7 @@ from astropy.table import Table
 from scipy.ndimage import binary_dilation
 from scipy.optimize import curve_fit
 
-from gppy.sim import tycho
+from gppy.astrometry import tycho
 from gppy.sim.psf import PSF
 from gppy.sim.truth import Truth
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from gppy.sim import tycho
+from gppy.astrometry import tycho
 
 pytestmark = pytest.mark.skipif(not (tycho.DEFAULT_INDEX_DIR / tycho.INDEX_NAME).is_file(),
                                 reason="astrometry-data-tycho2-07-littleendian is not installed")

@@ -13,7 +13,7 @@ from gppy.daemon.routine import NightResult, process_night
 from gppy.errors import InputError
 from gppy.obsconfig.loader import load_profile
 from gppy.reduction.inventory import group
-from gppy.settings import DataDir
+from gppy.settings import DataDir, load_settings
 
 
 def register(sub) -> None:
@@ -25,6 +25,8 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="redo work already done")
     p.add_argument("--out", help="product folder (default: DATA_DIR/products/OBS/NIGHT)")
     p.add_argument("--data-dir", help="data directory (default: $GPPY_DATA_DIR or ~/.gppy)")
+    p.add_argument("--refcat", metavar="FILE|gaia|tycho2|auto",
+                   help="astrometric reference catalogue (default: settings.toml, else auto)")
     p.add_argument("--mem-limit", type=float, metavar="GB",
                    help="working memory for combining masters (default: the profile's, 2 GB)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug events on the console")
@@ -39,9 +41,13 @@ def run(args) -> int:
             raise InputError(f"--mem-limit must be positive, got {args.mem_limit}")
         profile = dataclasses.replace(profile, reduction=dataclasses.replace(
             profile.reduction, mem_limit_gb=args.mem_limit))
+    settings = load_settings().astrometry
+    if args.refcat:
+        settings = dataclasses.replace(settings, refcat=args.refcat)
     try:
         result = process_night(profile, args.night_dir, DataDir.resolve(args.data_dir),
-                               ncores=max(1, args.ncores), force=args.force, out=args.out)
+                               ncores=max(1, args.ncores), force=args.force, out=args.out,
+                               settings=settings)
     except InputError:
         raise
     except Exception as exc:  # already logged with its traceback by the routine
@@ -84,6 +90,14 @@ def summary(r: NightResult) -> str:
         lines += [f"  FAILED  {Path(f).name}: {why}" for f, why in sorted(c.failed.items())]
         for why, n in sorted(Counter(c.uncalibrated.values()).items()):
             lines.append(f"  {n:4d} x {why}")
+        a = r.astrometry
+        if a.solved or a.unsolved:
+            rms = a.median("rms_arcsec")
+            methods = Counter(s.get("method") for s in a.solved.values())
+            lines += ["", f"Astrometry: {len(a.solved)} solved ({', '.join(f'{n} {m}' for m, n in sorted(methods.items()))}), "
+                          f"{len(a.unsolved)} unsolved" + (f", median RMS {rms:.3f}\"" if rms else "")]
+            lines += [f"  UNSOLVED {Path(f).name}: {why}" for f, why in sorted(a.unsolved.items())]
+            lines += [f"  outlier  {Path(f).name}: {why}" for f, why in sorted(a.outliers.items())]
         lines += ["", "Stacks:"] + [f"  {k:<28} {n} frames" for k, n in sorted(p.stacks.items())]
     if p.skipped:
         lines += ["", "Skipped:"] + [f"  {Path(f).name}: {why}" for f, why in sorted(p.skipped.items())]

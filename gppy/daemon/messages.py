@@ -37,6 +37,13 @@ def done(obs: str, night: str, event: dict) -> str:
              f"{event['calibrated']} frames calibrated"
              + (f" ({event['unchanged']} unchanged)" if event["unchanged"] else "")
              + f", {len(event['failed'])} failed, {len(event['skipped'])} skipped."]
+    if event["solved"] or event["unsolved"]:
+        rms = event["astrometry_rms_arcsec"]
+        lines.append(f"Astrometry: {event['solved']} solved"
+                     + (f" (median RMS {rms:.2f}\")" if rms is not None else "")
+                     + f", {len(event['unsolved'])} unsolved"
+                     + (f", {len(event['excluded_from_stacks'])} left out of stacks"
+                        if event["excluded_from_stacks"] else "") + ".")
     for kind, nights in sorted(event["borrowed"].items()):
         lines.append(f"Borrowed the {kind} from night {', '.join(nights)}.")
     for why, n in sorted(event["uncalibrated"].items()):
@@ -47,6 +54,9 @@ def done(obs: str, night: str, event: dict) -> str:
     if event["failed"]:
         lines.append("Frames that failed:")
         lines += _listed(event["failed"])
+    if event["unsolved"]:
+        lines.append("Frames without astrometry:")
+        lines += _listed(event["unsolved"])
     if event["skipped"]:
         lines.append("Files skipped:")
         lines += _listed(event["skipped"])

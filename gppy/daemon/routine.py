@@ -2,7 +2,8 @@
 ledger so that a re-run does only what is new or changed (unless forced).
 
 Stages so far: inventory (homogenised header of every frame), the plan, the
-masters (into the master library), and the calibration of every science frame.
+masters (into the master library), the calibration of every science frame, and
+its astrometry.
 Products go to the night's product folder, events to the night's JSON log.
 """
 
@@ -16,7 +17,9 @@ from pathlib import Path
 from typing import Callable
 
 from gppy import logs
-from gppy.errors import InputError
+from gppy.astrometry import stage as astrometry_stage
+from gppy.astrometry.stage import AstrometryReport
+from gppy.errors import InputError, NightInterrupted
 from gppy.daemon.ledger import Ledger
 from gppy.daemon.plan import NightPlan, make_plan
 from gppy.reduction.night import (CALIBRATE_STEP, MastersReport, build_masters,
@@ -28,17 +31,13 @@ from gppy.obsconfig.nights import parse_night
 from gppy.obsconfig.schema import Profile
 from gppy.progress import Progress
 from gppy.reduction.inventory import find_frames, records_table, scan_frames
-from gppy.settings import DataDir
+from gppy.settings import AstrometrySettings, DataDir, load_settings
 
 INVENTORY_STEP = "inventory"
 
 
 class NightError(InputError, RuntimeError):
     """A night that cannot be processed at all (not a single bad frame)."""
-
-
-class NightInterrupted(Exception):
-    """Stopped on request between frames; the ledger has everything finished so far."""
 
 
 def _never() -> bool:
@@ -71,6 +70,7 @@ class NightResult:
     plan: NightPlan
     masters: MastersReport
     calibration: CalibrationReport
+    astrometry: AstrometryReport
     seconds: float
     ncores: int
 
@@ -96,12 +96,14 @@ def night_label(profile: Profile, night_dir: Path, files: list[Path]) -> str:
 def process_night(profile: Profile, night_dir: str | Path, data: DataDir, ncores: int = 1,
                   force: bool = False, out: str | Path | None = None,
                   should_stop: Callable[[], bool] = _never,
-                  on_event: Callable[[str, dict], None] = _ignore) -> NightResult:
+                  on_event: Callable[[str, dict], None] = _ignore,
+                  settings: AstrometrySettings | None = None) -> NightResult:
     """Run every stage on one night folder. `should_stop` is asked between frames: when
     it says so, the night is left 'queued' (it resumes from the ledger) and
     NightInterrupted is raised. `on_event("started", ...)` is called once the frames are
     known, with what the daemon reports."""
     started = time.monotonic()
+    settings = settings or load_settings().astrometry
     night_dir = Path(night_dir).resolve()
     if not night_dir.is_dir():
         raise NightError(f"{night_dir}: not a folder")
@@ -125,6 +127,8 @@ def process_night(profile: Profile, night_dir: str | Path, data: DataDir, ncores
                                     data.masters(profile.name, night), ncores, force, log)
             calibration = _calibrate(ledger, night_id, plan, profile, night, gain_mode, out_dir,
                                      ncores, force, log, should_stop)
+            astrometry = _astrometry(ledger, plan, profile, settings, data, ncores, force, log,
+                                     should_stop)
             _write_products(ledger, night_id, out_dir, records, plan)
         except NightInterrupted:
             ledger.set_night_status(night_id, "queued", error="interrupted; resumes from the ledger")
@@ -139,9 +143,11 @@ def process_night(profile: Profile, night_dir: str | Path, data: DataDir, ncores
         log.info("night done", seconds=round(seconds, 2), scanned=n_scanned,
                  skipped=len(plan.skipped), masters_built=len(masters.built),
                  calibrated=len(calibration.calibrated), failed=len(calibration.failed),
-                 uncalibrated=len(calibration.uncalibrated))
+                 uncalibrated=len(calibration.uncalibrated), solved=len(astrometry.solved),
+                 unsolved=len(astrometry.unsolved))
     return NightResult(profile.name, night, night_dir, out_dir, log_file, records, n_scanned,
-                       len(records) - n_scanned, plan, masters, calibration, seconds, ncores)
+                       len(records) - n_scanned, plan, masters, calibration, astrometry, seconds,
+                       ncores)
 
 
 def started_event(records: list[FrameRecord], plan: NightPlan, ncores: int) -> dict:
@@ -160,6 +166,9 @@ def done_event(r: NightResult) -> dict:
             "uncalibrated": dict(Counter(c.uncalibrated.values())), "skipped": r.plan.skipped,
             "masters_built": len(r.masters.built), "masters_failed": r.masters.failed,
             "borrowed": {kind: sorted(nights) for kind, nights in c.borrowed.items()},
+            "solved": len(r.astrometry.solved), "unsolved": r.astrometry.unsolved,
+            "astrometry_rms_arcsec": r.astrometry.median("rms_arcsec"),
+            "excluded_from_stacks": r.astrometry.excluded,
             "products": str(r.out_dir), "log": str(r.log_path)}
 
 
@@ -240,6 +249,22 @@ def _calibrate(ledger: Ledger, night_id: int, plan: NightPlan, profile: Profile,
             raise NightInterrupted
     progress.close()
     return report
+
+
+def _astrometry(ledger: Ledger, plan: NightPlan, profile: Profile, settings: AstrometrySettings,
+                data: DataDir, ncores: int, force: bool, log,
+                should_stop: Callable[[], bool]) -> AstrometryReport:
+    """Solve every calibrated science frame (see gppy.astrometry.stage)."""
+    jobs = []
+    for rec in plan.science:
+        frame_id = ledger.frame_by_path(rec.file)["id"]
+        step = ledger.step(frame_id, CALIBRATE_STEP)
+        if step is not None and step["status"] == "done":
+            output = Path(json.loads(step["info_json"])["output"])
+            if output.exists():
+                jobs.append((frame_id, rec, output))
+    return astrometry_stage.run(jobs, profile, settings, data.catalog_cache, ledger, ncores,
+                                force, log, should_stop)
 
 
 def _write_products(ledger: Ledger, night_id: int, out_dir: Path,

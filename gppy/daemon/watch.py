@@ -90,7 +90,8 @@ class _NightEvents(FileSystemEventHandler):
 def _run_night(obs: str, night_dir: str, data_root: str, ncores: int, conn) -> None:
     """Body of the child process that processes one night: reports 'started' and
     'done' through `conn`, stops between frames on SIGTERM."""
-    from gppy.daemon.routine import NightInterrupted, done_event, process_night
+    from gppy.daemon.routine import done_event, process_night
+    from gppy.errors import NightInterrupted
 
     parallel.die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the watcher decides; it sends SIGTERM

@@ -19,7 +19,7 @@ from typing import Any
 
 from gppy.errors import InputError
 from gppy.obsconfig import nights
-from gppy.obsconfig.schema import CANONICAL_KEYWORDS, Profile
+from gppy.obsconfig.schema import CANONICAL_KEYWORDS, HeaderRules, Profile
 from gppy.obsconfig.validate import KeyPath, ProfileError, build
 from gppy.reduction.sections import parse_section
 from gppy.settings import config_dir
@@ -258,6 +258,12 @@ def load_all() -> tuple[dict[str, Profile], dict[str, ProfileError]]:
         except ProfileError as exc:
             bad[stem] = exc
     return good, bad
+
+
+def default_header_rules() -> HeaderRules:
+    """The shared header rules of _defaults.toml, for frames of no known observatory."""
+    data = _read_toml(DEFAULTS_FILE)["header"]
+    return build(HeaderRules, data, lambda _: str(DEFAULTS_FILE), str(DEFAULTS_FILE))
 
 
 def profile_as_dict(p: Any) -> Any:

@@ -123,6 +123,15 @@ class Reduction:
 
 
 @dataclass(frozen=True)
+class Astrometry:
+    sip_order: int = doc("order of the SIP distortion fitted against the reference catalogue",
+                         ge=0, le=6)
+    good_rms_arcsec: float = doc("a WCS whose matched-star RMS is below this is good", gt=0)
+    min_stars: int = doc("matched stars needed for a solution", ge=4)
+    refcat_mag_limit: float = doc("faintest reference stars fetched (keeps wide cones small)")
+
+
+@dataclass(frozen=True)
 class Phot:
     refcat: Literal["PS1", "SDSS", "APASS", "2MASS", "SkyMapper", "GaiaDR3", "file"] = doc(
         "reference catalogue for zero points")
@@ -207,6 +216,7 @@ class Profile:
     camera: Camera = doc("the detector as used")
     raw: Raw = doc("how raw data arrive")
     reduction: Reduction = doc("calibration choices")
+    astrometry: Astrometry = doc("astrometric solution")
     phot: Phot = doc("photometry defaults (legacy phot-configs)")
     header: HeaderRules = doc("header homogenisation rules")
     dialect: Dialect = doc("how this observatory writes headers and file names")

@@ -10,7 +10,8 @@ and the zero-point definition) and OUTDIR/refcat.ecsv (refcat.py). In Python:
     atmosphere.py  extinction, night-sky and twilight brightness, airmass
     ephem.py       Sun position, sidereal time, altitudes (no IERS downloads)
     telescope.py   photon zero points from the profile's [telescope] section
-    tycho.py       real Tycho-2 stars from the astrometry.net index files
+    tycho.py       re-exports gppy.astrometry.tycho (real Tycho-2 stars from the
+                   astrometry.net index files; the reader lives there)
     sky.py         a field's stars, galaxies and transients (data/imsng_fields.dat)
     pointing.py    commanded pointing, pointing error, the true TAN-SIP WCS
     psf.py         Moffat PSF, point-source and Sérsic rendering

@@ -111,9 +111,11 @@ def _transients_tonight(table: Table, cfg: RunConfig, night_index: int,
 
 
 def simulate(cfg: RunConfig, outdir: str | Path, processes: int | None = None,
-             progress: Callable[[str], None] = lambda message: None) -> list[Path]:
+             progress: Callable[[str], None] = lambda message: None,
+             render: bool = True) -> list[Path]:
     """Write `cfg.n_nights` raw nights, their truth and the reference catalogue
-    under `outdir`; return the night folders."""
+    under `outdir`; return the night folders. With `render=False` only the truth
+    and the catalogue are written (for tests that need the sky, not the frames)."""
     outdir = Path(outdir)
     profile, cam = cfg.profile, cfg.profile.camera
     all_bands = catalogue_bands(profile, cfg.bands)
@@ -154,7 +156,8 @@ def simulate(cfg: RunConfig, outdir: str | Path, processes: int | None = None,
                     _transients_tonight(transients_all, cfg, night_index, all_bands), detector)
         raw_dir = outdir / folder_name
         raw_dir.mkdir(parents=True, exist_ok=True)
-        masks = _render_night(tdir, raw_dir, cfg, night_index, frame_dicts, processes)
+        masks = _render_night(tdir, raw_dir, cfg, night_index, frame_dicts, processes) \
+            if render else []
         write_cosmic_masks(tdir, masks)
         progress(f"{raw_dir}: {len(frames)} frames")
         folders.append(raw_dir)

@@ -33,7 +33,7 @@ from astropy.table import Table
 
 from gppy.obsconfig.headers import parse_angle
 from gppy.sim import bands as bandlib
-from gppy.sim import tycho
+from gppy.astrometry import tycho
 from gppy.sim.pointing import spherical_offset
 from gppy.sim.psf import sersic_extent
 from gppy.sim.seeds import stream

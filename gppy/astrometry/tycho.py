@@ -1,9 +1,13 @@
 """Real bright stars: Tycho-2 read from the astrometry.net index files.
 
+Used by the simulator (its bright stars are these) and by the astrometry's
+reference catalogue (`gppy.astrometry.refcat`, source "tycho2").
+
 `index-tycho2-07.littleendian.fits` (Debian package astrometry-data-tycho2-07-
 littleendian, in /usr/share/astrometry) holds 1.87 M Tycho-2 stars, thinned to a
 uniform sky density by astrometry.net (the brightest stars of each small cell are
-kept, so dense Milky Way fields miss some fainter Tycho stars). Layout:
+kept, so dense Milky Way fields miss some fainter Tycho stars). The coarser index
+files (-08 ... -19) hold ever fewer, brighter stars in the same layout:
 
 * extension 'kdtree_data_stars': rows of 3 native (here little-endian) uint32, the
   star's unit vector quantised as xyz = lo + u32 / scale;
@@ -19,9 +23,11 @@ from where they are today. The simulator's sky *is* these positions.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from astropy.io import fits
@@ -31,6 +37,7 @@ from gppy.errors import InputError
 INDEX_DIR_ENV = "GPPY_TYCHO_INDEX_DIR"
 DEFAULT_INDEX_DIR = Path("/usr/share/astrometry")
 INDEX_NAME = "index-tycho2-07.littleendian.fits"
+_ANY_INDEX = re.compile(r"^index-tycho2-(\d\d)(\.littleendian)?\.fits$")
 
 
 class TychoIndexMissing(InputError, FileNotFoundError):
@@ -44,17 +51,44 @@ class TychoStars:
     ra_deg: np.ndarray
     dec_deg: np.ndarray
     vt_mag: np.ndarray
+    path: Path | None = None   # the index file read
 
 
-def index_path() -> Path:
-    folder = Path(os.environ.get(INDEX_DIR_ENV, DEFAULT_INDEX_DIR))
-    path = folder / INDEX_NAME
-    if not path.is_file():
-        raise TychoIndexMissing(
-            f"Tycho-2 index {path} not found: the simulator draws its bright stars from it. "
-            f"Install it with `apt-get install astrometry-data-tycho2-07-littleendian`, or "
-            f"point ${INDEX_DIR_ENV} at a folder holding {INDEX_NAME}.")
-    return path
+def _folders(index_dirs: Iterable[str | os.PathLike] | None) -> list[Path]:
+    if index_dirs is not None:
+        return [Path(d).expanduser() for d in index_dirs]
+    return [Path(os.environ.get(INDEX_DIR_ENV, DEFAULT_INDEX_DIR))]
+
+
+def index_path(index_dirs: Iterable[str | os.PathLike] | None = None, exact: bool = True) -> Path:
+    """The Tycho-2 index file to read.
+
+    `index_dirs` None: the folder $GPPY_TYCHO_INDEX_DIR, else /usr/share/astrometry (what
+    the simulator uses); else those folders, searched in order. `exact`: only
+    index-tycho2-07 (the richest; the simulator's sky depends on it); otherwise the
+    finest-scale index-tycho2-NN file found when -07 is absent.
+    """
+    folders = _folders(index_dirs)
+    for folder in folders:
+        if (folder / INDEX_NAME).is_file():
+            return folder / INDEX_NAME
+    if not exact:
+        found = []
+        for folder in folders:
+            if folder.is_dir():
+                for p in folder.iterdir():
+                    m = _ANY_INDEX.match(p.name)
+                    if m and p.is_file():
+                        found.append((int(m.group(1)), str(p), p))
+        if found:
+            return min(found)[2]
+    where = ", ".join(str(f) for f in folders)
+    raise TychoIndexMissing(
+        f"Tycho-2 index {INDEX_NAME} not found in {where}: the simulator draws its bright stars "
+        f"from it and the 'tycho2' reference catalogue reads it. Install it with "
+        f"`apt-get install astrometry-data-tycho2-07-littleendian`, or point "
+        f"${INDEX_DIR_ENV} (simulator) / [astrometry] index_dirs (pipeline) at a folder "
+        f"holding it.")
 
 
 def _extension_bytes(path: Path) -> dict[str, tuple[int, int]]:
@@ -68,7 +102,7 @@ def _extension_bytes(path: Path) -> dict[str, tuple[int, int]]:
     return out
 
 
-@lru_cache(maxsize=1)
+@lru_cache(maxsize=2)
 def _all_stars(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(unit vectors (n, 3), VT magnitudes) of every star in the index."""
     ext = _extension_bytes(path)
@@ -95,12 +129,15 @@ def unit_vector(ra_deg, dec_deg) -> np.ndarray:
     return np.stack([np.cos(dec) * np.cos(ra), np.cos(dec) * np.sin(ra), np.sin(dec)], axis=-1)
 
 
-def cone(ra_deg: float, dec_deg: float, radius_deg: float) -> TychoStars:
-    """Tycho-2 stars within `radius_deg` of a position, brightest first."""
-    xyz, vt = _all_stars(index_path())
+def cone(ra_deg: float, dec_deg: float, radius_deg: float,
+         index_dirs: Iterable[str | os.PathLike] | None = None, exact: bool = True) -> TychoStars:
+    """Tycho-2 stars within `radius_deg` of a position, brightest first (see
+    `index_path` for `index_dirs` and `exact`)."""
+    path = index_path(index_dirs, exact)
+    xyz, vt = _all_stars(path)
     inside = np.nonzero(xyz @ unit_vector(ra_deg, dec_deg) >= np.cos(np.radians(radius_deg)))[0]
     inside = inside[np.argsort(vt[inside], kind="stable")]
     x, y, z = xyz[inside].T
     ra = np.degrees(np.arctan2(y, x)) % 360.0
     dec = np.degrees(np.arcsin(np.clip(z, -1.0, 1.0)))
-    return TychoStars(index=inside, ra_deg=ra, dec_deg=dec, vt_mag=vt[inside])
+    return TychoStars(index=inside, ra_deg=ra, dec_deg=dec, vt_mag=vt[inside], path=path)
