@@ -43,7 +43,8 @@ venv: $(STAMP)
 # A simulated LOAO night (real Tycho-2 star fields, known truth), then the night routine.
 demo: apt venv
 	$(BIN)/gppy simulate $(DEMO_OBS) $(DEMO_DIR)/raw --date $(DEMO_DATE)
-	$(BIN)/gppy process $(DEMO_OBS) $(DEMO_DIR)/raw/$(strip $(DEMO_NIGHT)) --data-dir $(DEMO_DIR)/data
+	$(BIN)/gppy process $(DEMO_OBS) $(DEMO_DIR)/raw/$(strip $(DEMO_NIGHT)) --data-dir $(DEMO_DIR)/data \
+	  --refcat $(DEMO_DIR)/raw/refcat.ecsv   # the simulated stars: not in Gaia or PS1
 
 test: apt venv
 	$(BIN)/pytest

@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "gppy.daemon.command",        # gppy process
     "gppy.daemon.status",         # gppy status
     "gppy.astrometry.command",    # gppy astrometry
+    "gppy.phot.command",          # gppy phot
     "gppy.bench.command",         # gppy bench combine
 )
 

@@ -64,6 +64,24 @@ def simulate_nights(out: Path, obs: str, size: int | None, nights: int = 1, nsci
     return out, [Truth.load(truth_dir(out, f.name)) for f in folders]
 
 
+@pytest.fixture(scope="session")
+def processed_loao_night(tmp_path_factory):
+    """A simulated LOAO night (full 2048 px frames, 2 filters x 2 frames, seed 7)
+    through the night routine with the simulator's catalogue as the reference:
+    (outdir, Truth, profile, DataDir, AstrometrySettings, NightResult). Shared by the
+    astrometry and photometry tests: do not change its files."""
+    from gppy.daemon.routine import process_night
+    from gppy.obsconfig.loader import load_profile
+    from gppy.settings import AstrometrySettings, DataDir
+
+    out, (truth,) = simulate_nights(tmp_path_factory.mktemp("loao-night"), "LOAO", None,
+                                    nscience=2)
+    profile, data = load_profile("LOAO"), DataDir(out / "data")
+    settings = AstrometrySettings(refcat=str(out / "refcat.ecsv"))
+    result = process_night(profile, out / truth.dir.name, data, ncores=2, settings=settings)
+    return out, truth, profile, data, settings, result
+
+
 def wait_for(predicate, timeout_s: float, what: str):
     """The first truthy value of predicate(), polled every 0.1 s, or AssertionError."""
     deadline = time.monotonic() + timeout_s

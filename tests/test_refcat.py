@@ -7,21 +7,20 @@ from __future__ import annotations
 
 import math
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from io import BytesIO
 
 import numpy as np
 import pytest
 from astropy import units as u
-from astropy.io.votable import from_table
 from astropy.table import Table
 
 from gppy.astrometry import refcat, tycho
 from gppy.astrometry.refcat import RefcatError, reference_stars
 from gppy.errors import InputError
 from gppy.sim.pointing import spherical_offset
+
+from vizier_standin import VizierStandIn
+
 
 @pytest.fixture(autouse=True)
 def _fresh_failures():
@@ -128,66 +127,25 @@ def test_file_errors_are_clear(tmp_path):
 
 # ------------------------------------------------------------------- a VizieR stand-in
 
-class _StandIn:
-    """A local HTTP server answering VizieR's votable queries from a fixed sky."""
+GAIA = "I/355/gaiadr3"
 
-    def __init__(self, sky: Table, delay_s: float = 0.0):
-        self.sky = sky
-        self.delay_s = delay_s
-        self.requests: list[dict] = []
-        outer = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
+def _gaia_stand_in(sky: Table, delay_s: float = 0.0) -> VizierStandIn:
+    """A VizieR stand-in serving `sky` (a _sky table) as Gaia DR3, in VizieR's names."""
+    gaia = Table({"RA_ICRS": sky["ra"], "DE_ICRS": sky["dec"], "Gmag": sky["g"],
+                  "pmRA": sky["pmra"], "pmDE": sky["pmdec"]})
+    return VizierStandIn({GAIA: (gaia, "RA_ICRS", "DE_ICRS")}, delay_s=delay_s)
 
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
-                outer.requests.append({"path": self.path, "body": body})
-                if outer.delay_s:
-                    time.sleep(outer.delay_s)
-                payload = outer.answer(body)
-                self.send_response(200)
-                self.send_header("Content-Type", "text/xml")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def answer(self, body: str) -> bytes:
-        args = dict(line.split("=", 1) for line in body.splitlines() if "=" in line)
-        assert args["-source"] == "I/355/gaiadr3"
-        centre = args["-c"]
-        k = max(centre.rfind("+"), centre.rfind("-"))
-        ra0, dec0 = float(centre[:k]), float(centre[k:])
-        radius = next(float(v) / {"d": 1, "m": 60, "s": 3600}[key[-1]]
-                      for key, v in args.items() if key.startswith("-c.r"))
-        sky = self.sky
-        keep = _sep_deg(sky["ra"], sky["dec"], ra0, dec0) <= radius
-        if "Gmag" in args:
-            keep &= sky["g"] < float(args["Gmag"].lstrip("<"))
-        rows = sky[keep]
-        out = Table({"RA_ICRS": rows["ra"], "DE_ICRS": rows["dec"], "Gmag": rows["g"],
-                     "pmRA": rows["pmra"], "pmDE": rows["pmdec"]})
-        vot = from_table(out)
-        vot.resources[0].tables[0].name = "I/355/gaiadr3"
-        buf = BytesIO()
-        vot.to_xml(buf)
-        return buf.getvalue()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+def _inside(vizier: VizierStandIn, ra0: float, dec0: float, radius: float) -> np.ndarray:
+    """Which of the stand-in's Gaia stars lie in the cone."""
+    sky = vizier.table(GAIA)
+    return _sep_deg(sky["RA_ICRS"], sky["DE_ICRS"], ra0, dec0) <= radius
 
 
 @pytest.fixture
 def vizier():
-    stand_in = _StandIn(_sky(20000, 150.0, 30.0, 2.5))
+    stand_in = _gaia_stand_in(_sky(20000, 150.0, 30.0, 2.5))
     yield stand_in
     stand_in.close()
 
@@ -204,8 +162,7 @@ def test_gaia_tiles_are_queried_once_and_reused(tmp_path, vizier):
     files = sorted((cache / "gaia-dr3" / f"hpx{order}").glob("*-Gall.fits"))
     assert len(files) == n_tiles
     # exactly the stand-in's stars in the cone, sorted
-    sky = vizier.sky
-    inside = _sep_deg(sky["ra"], sky["dec"], 150.0, 30.0) <= 0.4
+    inside = _inside(vizier, 150.0, 30.0, 0.4)
     assert len(first) == inside.sum()
     assert np.all(np.diff(first["mag"]) >= 0)
     assert first.meta["epoch"] == 2016.0
@@ -238,7 +195,7 @@ def test_finer_and_coarser_requests_reuse_cached_tiles(tmp_path, vizier):
     # a small field inside: finer tiles, served by their cached ancestors
     small = reference_stars(150.1, 30.1, 0.1, source="gaia", cache_dir=cache, offline=True)
     assert small.meta["tiles"]["order"] > big.meta["tiles"]["order"]
-    inside = _sep_deg(vizier.sky["ra"], vizier.sky["dec"], 150.1, 30.1) <= 0.1
+    inside = _inside(vizier, 150.1, 30.1, 0.1)
     assert len(small) == inside.sum()
     # a coarser request over fine tiles: served when all four children are cached
     fine_cache = tmp_path / "fine"
@@ -253,7 +210,7 @@ def test_finer_and_coarser_requests_reuse_cached_tiles(tmp_path, vizier):
     ra_p, dec_p, r_p = refcat._tile_circle(order - 1, parent)
     coarse = refcat.from_gaia(ra_p, dec_p, 0.05, cache_dir=fine_cache, offline=True,
                               order=order - 1)
-    inside = _sep_deg(vizier.sky["ra"], vizier.sky["dec"], ra_p, dec_p) <= 0.05
+    inside = _inside(vizier, ra_p, dec_p, 0.05)
     assert len(coarse) == inside.sum() > 0
     assert n == len(vizier.requests) - 4
 
@@ -277,7 +234,7 @@ def test_magnitude_limits_key_the_cache(tmp_path, vizier):
 def test_proper_motions_move_gaia_positions_to_the_epoch(tmp_path):
     sky = Table({"ra": [150.0, 150.01], "dec": [30.0, 30.01], "g": [12.0, 13.0],
                  "pmra": [1000.0, np.nan], "pmdec": [-500.0, np.nan]})
-    stand_in = _StandIn(sky)
+    stand_in = _gaia_stand_in(sky)
     try:
         got = reference_stars(150.0, 30.0, 0.1, source="gaia", cache_dir=tmp_path, epoch=2026.0,
                               vizier_server=stand_in.url)
@@ -315,7 +272,7 @@ def test_unreachable_vizier_fails_fast_and_clearly(tmp_path):
 
 
 def test_a_silent_vizier_times_out(tmp_path):
-    stand_in = _StandIn(_sky(10, 150.0, 30.0, 0.1), delay_s=5.0)
+    stand_in = _gaia_stand_in(_sky(10, 150.0, 30.0, 0.1), delay_s=5.0)
     try:
         t0 = time.monotonic()
         with pytest.raises(RefcatError, match="did not answer within 0.5 s"):

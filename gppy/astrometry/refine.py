@@ -279,7 +279,8 @@ def refine(wcs: WCS, xy, radec, shape: tuple[int, int], sip_order: int, *,
     Returns (the fitted WCS, RefineStats). stats.residuals has one row per matched
     pair: det, cat (indices into xy and radec), x, y, ra, dec, dx_arcsec (east) and
     dy_arcsec (north) residuals = catalogue - fit on the tangent plane, sep_arcsec,
-    used (False: rejected as an outlier).
+    used (False: rejected as an outlier) and, when fitted, weight (the fit's relative
+    weight, median 1 over the pairs used).
     """
     ny, nx = shape
     if xy_err is None and hasattr(xy, "colnames") and {"flux", "flux_err", "fwhm_px"} <= set(
@@ -384,9 +385,11 @@ def refine(wcs: WCS, xy, radec, shape: tuple[int, int], sip_order: int, *,
     fit = model.plane(xy[i])
     dx, dy = (xi_c - fit[:, 0]) * 3600.0, (eta_c - fit[:, 1]) * 3600.0
     sep = np.hypot(dx, dy)
+    if err_all is not None:   # the final noise model's weights
+        weights = 1.0 / (noise[0] ** 2 * err_all[i] ** 2 + noise[1] ** 2)
     resid = Table({"det": i, "cat": j, "x": xy[i, 0], "y": xy[i, 1], "ra": ra_c[j],
                    "dec": dec_c[j], "dx_arcsec": dx, "dy_arcsec": dy, "sep_arcsec": sep,
-                   "used": used})
+                   "used": used, "weight": weights / np.median(weights[used])})
     stats = RefineStats(nstars=int(used.sum()),
                         rms_arcsec=float(np.sqrt(np.mean(sep[used] ** 2))),
                         median_sep_arcsec=float(np.median(sep[used])),

@@ -81,6 +81,9 @@ class AstrometryResult:
     seconds: float = 0.0
     error: str | None = None        # why unsolved
     note: str | None = None         # e.g. an existing WCS kept without a check
+    distortion: str | None = None   # "frame": fitted to this frame alone; "night": shared
+    shape: tuple[int, int] | None = None   # (ny, nx) of the frame
+    pairs: Table | None = None      # the refinement's matched pairs (refine's residuals)
 
     def quality(self) -> dict[str, object]:
         """The header's quality keywords."""
@@ -88,7 +91,7 @@ class AstrometryResult:
             return None if v is None else round(float(v), 4)
         return {"ASTRMETH": self.method, "ASTRCAT": self.catalog, "ASTRNSTR": self.nstars,
                 "ASTRRMS": r(self.rms_arcsec), "ASTRMSEP": r(self.median_sep_arcsec),
-                "ASTRSIP": self.sip_order}
+                "ASTRSIP": self.sip_order, "ASTRDIST": self.distortion}
 
     def summary(self) -> dict:
         return {"solved": self.solved, "method": self.method,
@@ -96,7 +99,8 @@ class AstrometryResult:
                 "median_sep_arcsec": (None if self.median_sep_arcsec is None
                                       else round(self.median_sep_arcsec, 4)),
                 "nstars": self.nstars, "catalog": self.catalog, "sip_order": self.sip_order,
-                "seconds": round(self.seconds, 2), "error": self.error, "note": self.note}
+                "distortion": self.distortion, "seconds": round(self.seconds, 2),
+                "error": self.error, "note": self.note}
 
 
 RefStars = Callable[[float, float, float], Table]   # (ra, dec, radius deg) -> ra, dec, mag
@@ -121,26 +125,27 @@ def _solve(frame: Frame, refstars: RefStars, options: Options) -> AstrometryResu
         return _blind(frame, sources, refstars, options, "no pixel scale and no pointing")
     if frame.ra_deg is None or frame.dec_deg is None:
         return _blind(frame, sources, refstars, options, "no pointing in the header")
-    try:
-        stars = refstars(frame.ra_deg, frame.dec_deg, frame.catalog_radius_deg())
-    except InputError as exc:
-        return AstrometryResult(False, error=str(exc))
-    catalog = stars.meta.get("catalog")
     s = options.settings
     fov_arcmin = max(frame.shape) * frame.pixscale_arcsec / 60.0
     reasons = []
     if solvefield.available() and solvefield.can_solve(fov_arcmin, s.index_dirs):
         hinted = solvefield.solve_field(
-            sources, frame.shape, pixscale_arcsec=frame.pixscale_arcsec, ra_deg=frame.ra_deg,
-            dec_deg=frame.dec_deg, radius_deg=frame.catalog_radius_deg(),
+            ranked(sources), frame.shape, pixscale_arcsec=frame.pixscale_arcsec,
+            ra_deg=frame.ra_deg, dec_deg=frame.dec_deg, radius_deg=frame.catalog_radius_deg(),
             index_dirs=s.index_dirs, cpulimit_s=s.cpulimit_s, timeout_s=s.timeout_s)
         if hinted.wcs is not None:
-            refined = _refined(hinted.wcs, sources, stars, frame, options, "solve-field")
+            refined = _refined_where_solved(hinted.wcs, sources, refstars, frame, options,
+                                            "solve-field")
             if refined.solved:
                 return refined
             reasons.append(f"solve-field solved but refining failed: {refined.error}")
         else:
             reasons.append(f"solve-field: {hinted.error}")
+    try:   # solve-field needs no catalogue: a wrong pointing may have none
+        stars = refstars(frame.ra_deg, frame.dec_deg, frame.catalog_radius_deg())
+    except InputError as exc:
+        reasons.append(f"no catalogue at the header pointing: {exc}")
+        return _blind(frame, sources, refstars, options, "; ".join(reasons))
     matched = match_pattern(sources, stars, (frame.ra_deg, frame.dec_deg),
                             frame.pixscale_arcsec, frame.shape)
     if matched is not None:
@@ -149,7 +154,8 @@ def _solve(frame: Frame, refstars: RefStars, options: Options) -> AstrometryResu
             return refined
         reasons.append(f"catalogue match refined badly: {refined.error}")
     else:
-        reasons.append(f"no match to {catalog or 'the catalogue'} near the header pointing")
+        catalog = stars.meta.get("catalog") or "the catalogue"
+        reasons.append(f"no match to {catalog} near the header pointing")
     return _blind(frame, sources, refstars, options, "; ".join(reasons))
 
 
@@ -164,16 +170,26 @@ def _blind(frame: Frame, sources: Table, refstars: RefStars, options: Options,
         if not solvefield.can_solve(fov_arcmin, s.index_dirs):
             return AstrometryResult(False, error=f"{why}; no blind retry: the installed "
                                                  f"indexes cannot solve a {fov_arcmin:.0f}' field")
-    blind = solvefield.solve_field(sources, frame.shape, pixscale_arcsec=frame.pixscale_arcsec,
+    blind = solvefield.solve_field(ranked(sources), frame.shape, pixscale_arcsec=frame.pixscale_arcsec,
                                    index_dirs=s.index_dirs, cpulimit_s=s.blind_cpulimit_s,
                                    timeout_s=s.blind_timeout_s)
     if blind.wcs is None:
         return AstrometryResult(False, error=f"{why}; blind solve-field: {blind.error}")
+    result = _refined_where_solved(blind.wcs, sources, refstars, frame, options, "blind")
+    if not result.solved:
+        result.error = f"{why}; solved blind, but {result.error}"
+    return result
+
+
+def _refined_where_solved(wcs: WCS, sources: Table, refstars: RefStars, frame: Frame,
+                          options: Options, method: str) -> AstrometryResult:
+    """Refine a solution against the stars of the cone it found (which the header
+    pointing's cone may not cover: solve-field searches further)."""
     try:
-        stars = refstars(*_centre(blind.wcs, frame.shape), _half_diagonal_deg(blind.wcs, frame.shape))
+        stars = refstars(*_centre(wcs, frame.shape), _half_diagonal_deg(wcs, frame.shape))
     except InputError as exc:
-        return AstrometryResult(False, error=f"{why}; solved blind but no catalogue: {exc}")
-    return _refined(blind.wcs, sources, stars, frame, options, "blind")
+        return AstrometryResult(False, method=method, error=f"no catalogue there: {exc}")
+    return _refined(wcs, sources, stars, frame, options, method)
 
 
 def _pixscale_arcsec(wcs: WCS) -> float:
@@ -189,17 +205,30 @@ def _half_diagonal_deg(wcs: WCS, shape: tuple[int, int]) -> float:
     return 0.5 * float(np.hypot(*shape)) * _pixscale_arcsec(wcs) / 3600.0
 
 
+def ranked(sources: Table) -> Table:
+    """x, y and a 'flux' that keeps detect's brightest-first order, saturated stars
+    included, for solve-field (which sorts by flux)."""
+    return Table({"x": sources["x"], "y": sources["y"],
+                  "flux": np.arange(len(sources), 0, -1, dtype=float)})
+
+
+def _unsaturated(sources: Table) -> Table:
+    """Saturated stars help to solve but their centroids are too rough to refine with."""
+    return sources[~sources["saturated"]]
+
+
 def _refined(initial: WCS, sources: Table, stars: Table, frame: Frame, options: Options,
              method: str) -> AstrometryResult:
     catalog = stars.meta.get("catalog")
-    wcs, stats = refine(initial, sources, stars, frame.shape, options.sip_order,
+    wcs, stats = refine(initial, _unsaturated(sources), stars, frame.shape, options.sip_order,
                         clip_sigma=STRICT_CLIP_SIGMA if options.strict else CLIP_SIGMA)
     if stats.nstars < options.min_stars:
         return AstrometryResult(False, method=method, catalog=catalog, nstars=stats.nstars,
                                 error=f"only {stats.nstars} stars matched to {catalog} "
                                       f"(at least {options.min_stars} needed)")
     return AstrometryResult(True, method, wcs, catalog, stats.nstars, stats.rms_arcsec,
-                            stats.median_sep_arcsec, stats.sip_order)
+                            stats.median_sep_arcsec, stats.sip_order, distortion="frame",
+                            shape=frame.shape, pairs=stats.residuals)
 
 
 def _check_existing(frame: Frame, sources: Table, refstars: RefStars,
@@ -217,7 +246,7 @@ def _check_existing(frame: Frame, sources: Table, refstars: RefStars,
     except InputError as exc:
         kept.note = f"kept unchecked: {exc}"
         return kept
-    _, stats = refine(wcs, sources, stars, frame.shape, sip_order=0, fit=False)
+    _, stats = refine(wcs, _unsaturated(sources), stars, frame.shape, sip_order=0, fit=False)
     kept.catalog, kept.nstars = stars.meta.get("catalog"), stats.nstars
     kept.rms_arcsec, kept.median_sep_arcsec = stats.rms_arcsec, stats.median_sep_arcsec
     if stats.nstars >= options.min_stars and stats.rms_arcsec <= options.good_rms_arcsec:

@@ -8,10 +8,16 @@ writes goes into a private temporary folder that is removed afterwards.
 
 A frame can never hang or crash the pipeline from here: a missing binary, no
 usable index file, a crash, a timeout or no solution all come back as a
-`SolveFieldResult` with `wcs=None` and a one-line `error`. solve-field's own
-`--cpulimit` does not bound wall time, so `timeout_s` is enforced here and the
-whole process group (solve-field and its astrometry-engine child) is killed
-when it runs out.
+`SolveFieldResult` with `wcs=None` and a one-line `error`.
+
+Limits. solve-field's own `--cpulimit` bounds neither wall time nor the total CPU
+time: astrometry-engine restarts its CPU clock for every index and every depth
+step (10 sources), so a hopeless search with 300 sources and `--cpulimit 20` was
+measured still running after 78 s of CPU. Both limits are therefore enforced
+here: the CPU time of the whole process group (solve-field, its shell and its
+astrometry-engine child; read from /proc, so on Linux only) against
+`cpulimit_s`, the wall clock against `timeout_s`, and the whole group is killed
+when either runs out.
 
 Coordinates. The xylist is written in the FITS convention (first pixel centre
 at 1, 1) from the 0-based sep positions, and the returned WCS is a standard FITS
@@ -55,7 +61,8 @@ from gppy import logs
 SOLVE_FIELD = "solve-field"
 RAD_TO_ARCMIN = 180.0 * 60.0 / math.pi
 MIN_SOURCES = 4          # a quad: fewer sources can never solve
-KILL_WAIT_S = 5.0        # after killing the process group, how long to wait for its pipes
+KILL_WAIT_S = 5.0        # after killing the process group, how long to wait for it
+POLL_S = 0.1             # how often the wall clock and the group's CPU time are checked
 TAIL_LINES = 4           # output lines kept in `error`
 # The smallest field an index can solve: SCALE_L / CAN_SOLVE_FRACTION (see can_solve).
 CAN_SOLVE_FRACTION = 0.8
@@ -176,14 +183,22 @@ def can_solve(fov_arcmin: float, index_dirs: Iterable[str | os.PathLike]) -> boo
 # ---------------------------------------------------------------------------------------------
 # solving
 
-def _write_xylist(path: Path, sources: Table, shape: tuple[int, int], max_sources: int) -> int:
-    """X, Y (FITS 1-based) and FLUX of the `max_sources` brightest finite sources."""
+def _usable(sources: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x, y (0-based) and flux of the sources with all three finite (without a flux
+    column, a decreasing flux that keeps the given order)."""
+    if len(sources) == 0:
+        return np.empty(0), np.empty(0), np.empty(0)
     x = np.asarray(sources["x"], dtype=np.float64)
     y = np.asarray(sources["y"], dtype=np.float64)
     flux = (np.asarray(sources["flux"], dtype=np.float64) if "flux" in sources.colnames
             else np.arange(len(x), 0, -1, dtype=np.float64))   # keep the given order
     good = np.isfinite(x) & np.isfinite(y) & np.isfinite(flux)
-    x, y, flux = x[good], y[good], flux[good]
+    return x[good], y[good], flux[good]
+
+
+def _write_xylist(path: Path, x: np.ndarray, y: np.ndarray, flux: np.ndarray,
+                  shape: tuple[int, int], max_sources: int) -> int:
+    """X, Y (FITS 1-based) and FLUX of the `max_sources` brightest sources."""
     order = np.argsort(-flux, kind="stable")[:max(0, int(max_sources))]
     cols = [fits.Column(name="X", format="D", array=x[order] + 1.0),
             fits.Column(name="Y", format="D", array=y[order] + 1.0),
@@ -252,28 +267,101 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def _run(cmd: list[str], timeout_s: float, env: dict) -> tuple[int | None, str]:
-    """(exit status, output) of `cmd` in its own process group; status None if it
-    was killed at `timeout_s`. The group is killed on any exit from here."""
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        try:
-            out, _ = proc.communicate(timeout=max(0.0, timeout_s))
-            return proc.returncode, out.decode("utf-8", "replace")
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+# /proc/<pid>/task/<tid>/children lists a thread's children (Linux >= 3.5 with
+# CONFIG_PROC_CHILDREN); without it the whole of /proc is scanned for the group.
+_PROC_CHILDREN = Path(f"/proc/self/task/{os.getpid()}/children").exists()
+
+
+def _cpu_ticks(pid: int | str) -> tuple[int, int]:
+    """(process group, CPU clock ticks: user + system, with those of waited-for
+    children) of a live process, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat", "rb") as fh:
+        stat = fh.read()
+    # after "pid (comm) ": state ppid pgrp ... utime stime cutime cstime (fields 3-17)
+    fields = stat[stat.rfind(b")") + 2:].split()
+    return int(fields[2]), sum(int(v) for v in fields[11:15])
+
+
+def _group_cpu_s(pgid: int) -> float | None:
+    """CPU seconds used so far by the live processes of the group that process
+    `pgid` leads (solve-field, its shell, astrometry-engine), from /proc: its
+    process tree when the kernel lists children, else every process in /proc;
+    None without /proc."""
+    ticks = 0
+    if _PROC_CHILDREN:
+        todo, seen = [pgid], set()
+        while todo:
+            pid = todo.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
             try:
-                out, _ = proc.communicate(timeout=KILL_WAIT_S)
-            except subprocess.TimeoutExpired:   # a descendant left the group and holds the pipe
-                out = b""
-            return None, (out or b"").decode("utf-8", "replace")
+                group, used = _cpu_ticks(pid)
+                if group == pgid:
+                    ticks += used
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{task}/children", "rb") as fh:
+                        todo.extend(int(c) for c in fh.read().split())
+            except (OSError, ValueError, IndexError):   # gone meanwhile, or unreadable
+                continue
+        return ticks / _CLK_TCK
+    try:
+        pids = [e for e in os.listdir("/proc") if e.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            group, used = _cpu_ticks(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+        if group == pgid:
+            ticks += used
+    return ticks / _CLK_TCK
+
+
+def _run(cmd: list[str], timeout_s: float, cpulimit_s: float, env: dict,
+         log_path: Path) -> tuple[int | None, str, str | None]:
+    """(exit status, output, limit) of `cmd` run in its own process group with its
+    output in `log_path`. When the group has used `cpulimit_s` of CPU time or
+    `timeout_s` of wall clock it is killed: status None, limit 'cpulimit' or
+    'timeout' (else None). The group is killed on any exit from here, so nothing
+    (astrometry-engine included) outlives the call."""
+    deadline = time.monotonic() + max(0.0, timeout_s)
+    with open(log_path, "wb") as log_fh:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log_fh,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    limit = None
+    try:
+        while True:
+            try:
+                proc.wait(timeout=max(0.0, min(POLL_S, deadline - time.monotonic())))
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if time.monotonic() >= deadline:
+                limit = "timeout"
+            else:
+                cpu = _group_cpu_s(proc.pid)
+                if cpu is not None and cpu > cpulimit_s:
+                    limit = "cpulimit"
+            if limit:
+                _kill_group(proc)
+                try:
+                    proc.wait(timeout=KILL_WAIT_S)
+                except subprocess.TimeoutExpired:
+                    pass
+                break
     finally:
+        # After a normal exit too: a crashed solve-field can leave astrometry-engine behind.
+        _kill_group(proc)
         if proc.poll() is None:   # interrupted (KeyboardInterrupt, ...): leave nothing behind
-            _kill_group(proc)
             proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+    try:
+        output = log_path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        output = ""
+    return (None if limit else proc.returncode), output, limit
 
 
 def _read_wcs(path: Path, shape: tuple[int, int]) -> WCS:
@@ -302,8 +390,9 @@ def solve_field(sources: Table, shape: tuple[int, int], *, pixscale_arcsec: floa
 
     Hints: `pixscale_arcsec` +- `scale_tolerance` (a fraction; None: any scale), and
     the pointing `ra_deg`, `dec_deg` within `radius_deg` (all None: blind). Solving
-    stops after `cpulimit_s` of CPU time (solve-field's own limit) and, whatever
-    happens, after `timeout_s` of wall clock. Never raises for anything the frame,
+    stops after `cpulimit_s` of CPU time (of solve-field and astrometry-engine
+    together) or `timeout_s` of wall clock, whichever comes first. Sources with a
+    non-finite x, y or flux are ignored. Never raises for anything the frame,
     the installation or solve-field does: the result says what went wrong.
     """
     t0 = time.monotonic()
@@ -328,11 +417,9 @@ def solve_field(sources: Table, shape: tuple[int, int], *, pixscale_arcsec: floa
     usable = [d for d in index_dirs if any(p.parent == d for p, _ in found)]
     if problems:
         log.warning("astrometry index folders skipped", problems=problems)
-    n_valid = int(np.count_nonzero(np.isfinite(np.asarray(sources["x"], float))
-                                   & np.isfinite(np.asarray(sources["y"], float)))) \
-        if len(sources) else 0
-    if n_valid < MIN_SOURCES:
-        return result(None, f"too few sources to solve ({n_valid})")
+    x, y, flux = _usable(sources)
+    if len(x) < MIN_SOURCES:
+        return result(None, f"too few sources to solve ({len(x)} with finite x, y and flux)")
 
     try:
         tmpdir = tempfile.TemporaryDirectory(prefix="gppy-solvefield-")
@@ -342,7 +429,7 @@ def solve_field(sources: Table, shape: tuple[int, int], *, pixscale_arcsec: floa
         tmp = Path(name)
         xylist, config = tmp / "sources.xyls", tmp / "astrometry.cfg"
         try:
-            _write_xylist(xylist, sources, shape, max_sources)
+            _write_xylist(xylist, x, y, flux, shape, max_sources)
             _write_config(config, usable, cpulimit_s)
         except OSError as exc:
             return result(None, f"cannot write the source list ({exc})")
@@ -350,21 +437,24 @@ def solve_field(sources: Table, shape: tuple[int, int], *, pixscale_arcsec: floa
                        scale_tolerance=scale_tolerance, ra_deg=ra_deg, dec_deg=dec_deg,
                        radius_deg=radius_deg, cpulimit_s=cpulimit_s, tweak_order=tweak_order)
         env = dict(os.environ, TMPDIR=str(tmp))
+        no_solution_cpu = f"no solution (cpulimit {cpulimit_s:g} s reached)"
         try:
-            status, output = _run(cmd, timeout_s - (time.monotonic() - t0), env)
+            status, output, limit = _run(cmd, timeout_s - (time.monotonic() - t0), cpulimit_s,
+                                         env, tmp / "solve-field.log")
         except OSError as exc:   # not executable, vanished since `which`, ...
             return result(None, f"solve-field could not be run ({exc})")
-        if status is None:
+        if limit == "timeout":
             return result(None, f"timed out after {timeout_s:g} s")
+        if limit == "cpulimit":
+            return result(None, no_solution_cpu)
         wcs_file = tmp / "field.wcs"
         if status != 0:
             how = (f"killed by signal {-status}" if status < 0 else f"exited with status {status}")
             return result(None, f"solve-field {how}: {_tail(output)}")
         if not (tmp / "field.solved").exists() or not wcs_file.exists():
-            why = "no solution"
             if "cpu time limit" in output.lower() or "cpu limit" in output.lower():
-                why += f" (cpulimit {math.ceil(cpulimit_s)} s reached)"
-            return result(None, why)
+                return result(None, no_solution_cpu)
+            return result(None, "no solution")
         try:
             wcs = _read_wcs(wcs_file, shape)
         except (OSError, ValueError, KeyError) as exc:

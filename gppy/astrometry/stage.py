@@ -1,13 +1,15 @@
 """The astrometry stage of a night: solve every calibrated frame (N processes),
 write the WCS and its quality into the Calib file, record each frame in the
-ledger, then apply the night's outlier rule: a frame whose median separation
-from the catalogue exceeds Q3 + 1.5 IQR of the night's is solved again with
-stricter settings, and left out of stacks if it is still an outlier."""
+ledger; fit one distortion to the frames of the same shape solved in this run
+(see `gppy.astrometry.distortion`), kept for each frame whose RMS it leaves
+within 10 % of its own fit's; then apply the night's outlier rule: a frame whose
+median separation from the catalogue exceeds Q3 + 1.5 IQR of the night's is
+solved again with stricter settings, and left out of stacks if it is still an
+outlier."""
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import traceback
 from collections import defaultdict
@@ -20,6 +22,7 @@ from astropy.table import Table
 
 from gppy import parallel
 from gppy.astrometry.refcat import reference_stars
+from gppy.astrometry.distortion import fit_shared_distortion
 from gppy.astrometry.match import catalog_radius_deg
 from gppy.astrometry.solve import AstrometryResult, Frame, Options, solve
 from gppy.astrometry.wcsio import celestial_wcs, write_solution
@@ -31,6 +34,7 @@ from gppy.settings import AstrometrySettings
 
 ASTROMETRY_STEP = "astrometry"
 MIN_FRAMES_FOR_OUTLIERS = 4   # an IQR of fewer frames says nothing
+SHARED_RMS_TOLERANCE = 1.1    # a frame keeps the night's distortion up to 10 % more RMS
 
 
 @dataclass
@@ -75,14 +79,20 @@ def solve_calibrated(calib: Path, rec: FrameRecord, profile: Profile, refstars,
                      options: Options) -> AstrometryResult:
     """Solve one Calib file and write its WCS and quality into it (atomically)."""
     with fits.open(calib, memmap=False) as hdul:
-        header = hdul[0].header
         frame = Frame(hdul[0].data.astype(np.float32), hdul["MASK"].data, hdul["ERR"].data,
-                      profile.camera.pixscale_arcsec, rec.ra, rec.dec, celestial_wcs(header))
-        result = solve(frame, refstars, options)
-        if result.solved:
-            write_solution(header, result.wcs, result.quality())
-            write_atomic(calib, fits.HDUList([h.copy() for h in hdul]))
+                      profile.camera.pixscale_arcsec, rec.ra, rec.dec,
+                      celestial_wcs(hdul[0].header))
+    result = solve(frame, refstars, options)
+    if result.solved:
+        _write(calib, result)
     return result
+
+
+def _write(calib: Path, result: AstrometryResult) -> None:
+    with fits.open(calib, memmap=False) as hdul:
+        hdus = fits.HDUList([h.copy() for h in hdul])
+    write_solution(hdus[0].header, result.wcs, result.quality())
+    write_atomic(calib, hdus)
 
 
 def _solve_safely(job, profile: Profile, refstars_by_field: dict, options: Options):
@@ -136,23 +146,22 @@ def field_catalogues(records: list[FrameRecord], profile: Profile, settings: Ast
     return out
 
 
-def signature(calib: Path) -> str:
-    st = calib.stat()
-    return hashlib.sha256(f"{calib}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
-
-
-def run(jobs: list[tuple[int, FrameRecord, Path]], profile: Profile, settings: AstrometrySettings,
-        cache_dir: Path, ledger, ncores: int, force: bool, log, should_stop) -> AstrometryReport:
-    """Solve the night's calibrated frames: (frame id, record, Calib file) each."""
+def run(jobs: list[tuple[int, FrameRecord, Path, str]], profile: Profile,
+        settings: AstrometrySettings, cache_dir: Path, ledger, ncores: int, force: bool, log,
+        should_stop) -> AstrometryReport:
+    """Solve the night's calibrated frames: (frame id, record, Calib file, signature of
+    its calibration) each. A frame solved before on the same calibration is not
+    solved again (later stages rewrite the Calib file's header, so its own size and
+    time say nothing)."""
     report = AstrometryReport()
     options = options_for(profile, settings, force=force)
     todo, ids = [], {}
-    for frame_id, rec, calib in jobs:
-        ids[str(calib)] = (frame_id, rec)
+    for frame_id, rec, calib, upstream in jobs:
+        ids[str(calib)] = (frame_id, rec, upstream)
         step = ledger.step(frame_id, ASTROMETRY_STEP)
         info = json.loads(step["info_json"]) if step is not None and step["info_json"] else {}
         if (not force and step is not None and step["status"] == "done"
-                and info.get("signature") == signature(calib)):
+                and info.get("signature") == upstream):
             report.unchanged += 1
             report.solved[str(calib)] = info
             continue
@@ -160,18 +169,51 @@ def run(jobs: list[tuple[int, FrameRecord, Path]], profile: Profile, settings: A
     if not todo:
         return report
     stars = field_catalogues([rec for _, rec, _ in todo], profile, settings, cache_dir, log)
+    solved: dict[str, AstrometryResult] = {}
     for calib, result, error in parallel.imap(
             lambda job: _solve_safely(job, profile, stars, options), todo, ncores):
-        _record(ledger, report, ids, calib, result, error, log)
+        if result is not None and result.pairs is not None:
+            solved[calib] = result
+        else:
+            _record(ledger, report, ids, calib, result, error, log)
         if should_stop():
+            for calib, result in solved.items():
+                _record(ledger, report, ids, calib, result, None, log)
             raise NightInterrupted
+    _share_distortion(solved, profile.astrometry.sip_order, log)
+    for calib, result in solved.items():
+        _record(ledger, report, ids, calib, result, None, log)
     _outliers(report, ids, profile, stars, options, ledger, ncores, log)
     return report
 
 
+def _share_distortion(solved: dict[str, AstrometryResult], sip_order: int, log) -> None:
+    """Refit the frames of each shape with one distortion for all, in place (result
+    and Calib file), where it leaves a frame's RMS within SHARED_RMS_TOLERANCE."""
+    groups: dict[tuple, list[str]] = defaultdict(list)
+    for calib, result in solved.items():
+        groups[tuple(result.shape)].append(calib)
+    for shape, calibs in groups.items():
+        shared = fit_shared_distortion([solved[c].pairs for c in calibs],
+                                       [solved[c].wcs for c in calibs], shape, sip_order)
+        if shared is None:
+            continue
+        kept = 0
+        for calib, fit in zip(calibs, shared):
+            result = solved[calib]
+            if fit.rms_arcsec > SHARED_RMS_TOLERANCE * result.rms_arcsec:
+                continue
+            result.wcs, result.nstars, result.distortion = fit.wcs, fit.nstars, "night"
+            result.rms_arcsec, result.median_sep_arcsec = fit.rms_arcsec, fit.median_sep_arcsec
+            result.sip_order = sip_order
+            _write(Path(calib), result)
+            kept += 1
+        log.info("night distortion", shape=list(shape), frames=len(calibs), kept=kept)
+
+
 def _record(ledger, report: AstrometryReport, ids: dict, calib: str,
             result: AstrometryResult | None, error: str | None, log, outlier: bool = False) -> None:
-    frame_id, _ = ids[calib]
+    frame_id, _, upstream = ids[calib]
     if result is None or not result.solved:
         why = error or result.error
         report.unsolved[calib] = why
@@ -179,7 +221,7 @@ def _record(ledger, report: AstrometryReport, ids: dict, calib: str,
         ledger.set_step(frame_id, ASTROMETRY_STEP, "failed", error=why)
         log.warning("unsolved", file=calib, error=why)
         return
-    info = result.summary() | {"signature": signature(Path(calib)), "outlier": outlier}
+    info = result.summary() | {"signature": upstream, "outlier": outlier}
     report.solved[calib] = info
     ledger.set_step(frame_id, ASTROMETRY_STEP, "done", info=info)
     log.debug("solved", file=calib, **result.summary())
@@ -202,7 +244,7 @@ def _outliers(report: AstrometryReport, ids: dict, profile: Profile, stars, opti
     for calib, result, error in parallel.imap(
             lambda job: _solve_safely(job, profile, stars, options), jobs, ncores):
         sep = result.median_sep_arcsec if result is not None and result.solved else None
-        still = sep is None or sep > limit
+        still = bool(sep is None or sep > limit)
         _record(ledger, report, ids, calib, result, error, log, outlier=still)
         report.outliers[calib] = (f"median separation {seps[calib]:.3f}\" > {limit:.3f}\"; "
                                   + ("still an outlier: left out of stacks" if still

@@ -21,6 +21,7 @@ QUALITY_KEYS = {
     "ASTRRMS": "[arcsec] RMS of the matched stars",
     "ASTRMSEP": "[arcsec] median separation of the matched stars",
     "ASTRSIP": "SIP order fitted",
+    "ASTRDIST": "distortion fitted to: frame, or night (shared)",
 }
 
 
@@ -46,7 +47,7 @@ def strip_wcs(header: fits.Header) -> None:
 
 
 def write_quality(header: fits.Header, quality: dict[str, object]) -> None:
-    """Set the quality keywords (ASTRMETH, ASTRCAT, ASTRNSTR, ASTRRMS, ASTRMSEP, ASTRSIP)."""
+    """Set the quality keywords (ASTRMETH ... ASTRDIST)."""
     for key in QUALITY_KEYS:
         header.remove(key, ignore_missing=True)
     for key, value in quality.items():

@@ -10,6 +10,8 @@ BENCHMARK_MODULES = (
     "gppy.bench.cosmics",    # gppy bench cosmics
     "gppy.bench.reduce",     # gppy bench reduce
     "gppy.bench.latency",    # gppy bench latency
+    "gppy.bench.astrometry",  # gppy bench astrometry
+    "gppy.bench.phot",       # gppy bench phot
 )
 
 

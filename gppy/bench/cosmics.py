@@ -61,6 +61,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from gppy.bench import BENCH_SEED, add_simulation_arguments
+
 GB = 1e9
 STRONG_SIGMA = 10.0            # cosmic-ray pixels and star peaks "> 10 sigma"
 STAR_CORE_RADIUS_FWHM = 1.0    # star core: pixel centres within this many FWHM of the star
@@ -73,7 +75,6 @@ TARGET_RECOVERY = 0.99
 TARGET_STAR_CORE = 0.001
 
 BENCH_OBS = "KCT"              # 4096 x 4096 CCD
-BENCH_SEED = 20240314
 BENCH_BAND = "r"
 
 LEGACY = dict(sigclip=4.5, sigfrac=0.3, objlim=5.0, niter=4, sepmed=True,
@@ -343,10 +344,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("cosmics", help="cosmic-ray masks: gppy vs astroscrappy, legacy parameters",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", type=int, default=4096, help="frames are SIZE x SIZE (default 4096)")
-    p.add_argument("--frames", type=int, default=2, help="science frames (default 2)")
-    p.add_argument("--seed", type=int, default=BENCH_SEED,
-                   help=f"simulation seed (default {BENCH_SEED})")
+    add_simulation_arguments(p, frames=2)
     p.add_argument("--threads", type=int, help="threads for gppy (default: its own, the cores)")
     p.add_argument("--json", action="store_true",
                    help="end with one JSON line: ours_s_per_frame, legacy_s_per_frame, ratio, "

@@ -21,15 +21,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from gppy.bench import add_simulation_arguments
+
 GB = 1e9
 
 
 def register(sub) -> None:
     p = sub.add_parser("reduce", help="calibration throughput: gppy (1/2 cores, +/- cosmic rays) "
                                       "vs ccdproc.ccd_process", description=__doc__)
-    p.add_argument("--obs", default="LOAO", help="observatory profile to simulate (default LOAO)")
-    p.add_argument("--size", type=int, default=4096, help="frames are SIZE x SIZE (default 4096)")
-    p.add_argument("--frames", type=int, default=10, help="science frames (default 10)")
+    add_simulation_arguments(p, frames=10, obs="LOAO", seed=False)
     p.add_argument("--json", action="store_true",
                    help="end with one JSON line: frames per minute of each run, ratios, peak RSS")
     p.set_defaults(func=run)

@@ -57,6 +57,10 @@ def run(args) -> int:
     return 0
 
 
+def _num(value, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def summary(r: NightResult) -> str:
     """The table printed at the end of a run."""
     lines = [
@@ -92,12 +96,26 @@ def summary(r: NightResult) -> str:
             lines.append(f"  {n:4d} x {why}")
         a = r.astrometry
         if a.solved or a.unsolved:
-            rms = a.median("rms_arcsec")
+            rms, seconds = a.median("rms_arcsec"), a.median("seconds")
             methods = Counter(s.get("method") for s in a.solved.values())
-            lines += ["", f"Astrometry: {len(a.solved)} solved ({', '.join(f'{n} {m}' for m, n in sorted(methods.items()))}), "
-                          f"{len(a.unsolved)} unsolved" + (f", median RMS {rms:.3f}\"" if rms else "")]
+            shared = sum(s.get("distortion") == "night" for s in a.solved.values())
+            lines += ["", f"Astrometry: {len(a.solved)} solved "
+                          f"({', '.join(f'{n} {m}' for m, n in sorted(methods.items()))}), "
+                          f"{len(a.unsolved)} unsolved"
+                          + (f", median RMS {rms:.3f}\"" if rms else "")
+                          + (f", {seconds:.1f} s/frame" if seconds else "")
+                          + (f"; {shared} with the night's distortion" if shared else "")]
             lines += [f"  UNSOLVED {Path(f).name}: {why}" for f, why in sorted(a.unsolved.items())]
             lines += [f"  outlier  {Path(f).name}: {why}" for f, why in sorted(a.outliers.items())]
+        ph = r.phot
+        if ph.measured or ph.failed:
+            lines += ["", f"Photometry: {len(ph.measured)} measured ({ph.unchanged} unchanged), "
+                          f"{len(ph.failed)} failed; table {r.out_dir / 'phot.ecsv'}"]
+            lines += [f"  {s['filter']:<5} {Path(f).name}: ZP {_num(s['zp'], 3)} "
+                      f"+- {_num(s['zperr'], 3)} ({s['nstars']} stars), seeing "
+                      f"{_num(s['seeing_arcsec'], 2)}\", UL5 {_num(s['ul5'], 2)}"
+                      for f, s in sorted(ph.measured.items())]
+            lines += [f"  FAILED  {Path(f).name}: {why}" for f, why in sorted(ph.failed.items())]
         lines += ["", "Stacks:"] + [f"  {k:<28} {n} frames" for k, n in sorted(p.stacks.items())]
     if p.skipped:
         lines += ["", "Skipped:"] + [f"  {Path(f).name}: {why}" for f, why in sorted(p.skipped.items())]

@@ -44,6 +44,12 @@ def done(obs: str, night: str, event: dict) -> str:
                      + f", {len(event['unsolved'])} unsolved"
                      + (f", {len(event['excluded_from_stacks'])} left out of stacks"
                         if event["excluded_from_stacks"] else "") + ".")
+    if event["zp_measured"] or event["phot_failed"]:
+        seeing, ul5 = event["seeing_arcsec"], event["ul5"]
+        lines.append(f"Photometry: {event['zp_measured']} frames with zero points"
+                     + (f", median seeing {seeing:.2f}\"" if seeing is not None else "")
+                     + (f", median 5-sigma depth {ul5:.2f} mag" if ul5 is not None else "")
+                     + f", {len(event['phot_failed'])} failed.")
     for kind, nights in sorted(event["borrowed"].items()):
         lines.append(f"Borrowed the {kind} from night {', '.join(nights)}.")
     for why, n in sorted(event["uncalibrated"].items()):
@@ -57,6 +63,9 @@ def done(obs: str, night: str, event: dict) -> str:
     if event["unsolved"]:
         lines.append("Frames without astrometry:")
         lines += _listed(event["unsolved"])
+    if event["phot_failed"]:
+        lines.append("Frames without photometry:")
+        lines += _listed(event["phot_failed"])
     if event["skipped"]:
         lines.append("Files skipped:")
         lines += _listed(event["skipped"])

@@ -2,8 +2,8 @@
 ledger so that a re-run does only what is new or changed (unless forced).
 
 Stages so far: inventory (homogenised header of every frame), the plan, the
-masters (into the master library), the calibration of every science frame, and
-its astrometry.
+masters (into the master library), the calibration of every science frame, its
+astrometry and its photometry.
 Products go to the night's product folder, events to the night's JSON log.
 """
 
@@ -18,7 +18,7 @@ from typing import Callable
 
 from gppy import logs
 from gppy.astrometry import stage as astrometry_stage
-from gppy.astrometry.stage import AstrometryReport
+from gppy.astrometry.stage import ASTROMETRY_STEP, AstrometryReport
 from gppy.errors import InputError, NightInterrupted
 from gppy.daemon.ledger import Ledger
 from gppy.daemon.plan import NightPlan, make_plan
@@ -29,6 +29,8 @@ from gppy.fitsio import BadFrame, atomic_open, read_header
 from gppy.obsconfig.headers import FrameRecord, homogenise, night_of
 from gppy.obsconfig.nights import parse_night
 from gppy.obsconfig.schema import Profile
+from gppy.phot import stage as phot_stage
+from gppy.phot.stage import PhotReport
 from gppy.progress import Progress
 from gppy.reduction.inventory import find_frames, records_table, scan_frames
 from gppy.settings import AstrometrySettings, DataDir, load_settings
@@ -71,6 +73,7 @@ class NightResult:
     masters: MastersReport
     calibration: CalibrationReport
     astrometry: AstrometryReport
+    phot: PhotReport
     seconds: float
     ncores: int
 
@@ -129,6 +132,8 @@ def process_night(profile: Profile, night_dir: str | Path, data: DataDir, ncores
                                      ncores, force, log, should_stop)
             astrometry = _astrometry(ledger, plan, profile, settings, data, ncores, force, log,
                                      should_stop)
+            phot = _photometry(ledger, plan, profile, settings, data, ncores, force, log,
+                               should_stop, out_dir)
             _write_products(ledger, night_id, out_dir, records, plan)
         except NightInterrupted:
             ledger.set_night_status(night_id, "queued", error="interrupted; resumes from the ledger")
@@ -144,10 +149,11 @@ def process_night(profile: Profile, night_dir: str | Path, data: DataDir, ncores
                  skipped=len(plan.skipped), masters_built=len(masters.built),
                  calibrated=len(calibration.calibrated), failed=len(calibration.failed),
                  uncalibrated=len(calibration.uncalibrated), solved=len(astrometry.solved),
-                 unsolved=len(astrometry.unsolved))
+                 unsolved=len(astrometry.unsolved), measured=len(phot.measured),
+                 phot_failed=len(phot.failed))
     return NightResult(profile.name, night, night_dir, out_dir, log_file, records, n_scanned,
-                       len(records) - n_scanned, plan, masters, calibration, astrometry, seconds,
-                       ncores)
+                       len(records) - n_scanned, plan, masters, calibration, astrometry, phot,
+                       seconds, ncores)
 
 
 def started_event(records: list[FrameRecord], plan: NightPlan, ncores: int) -> dict:
@@ -169,6 +175,8 @@ def done_event(r: NightResult) -> dict:
             "solved": len(r.astrometry.solved), "unsolved": r.astrometry.unsolved,
             "astrometry_rms_arcsec": r.astrometry.median("rms_arcsec"),
             "excluded_from_stacks": r.astrometry.excluded,
+            "zp_measured": len(r.phot.measured), "phot_failed": r.phot.failed,
+            "seeing_arcsec": r.phot.median("seeing_arcsec"), "ul5": r.phot.median("ul5"),
             "products": str(r.out_dir), "log": str(r.log_path)}
 
 
@@ -260,11 +268,29 @@ def _astrometry(ledger: Ledger, plan: NightPlan, profile: Profile, settings: Ast
         frame_id = ledger.frame_by_path(rec.file)["id"]
         step = ledger.step(frame_id, CALIBRATE_STEP)
         if step is not None and step["status"] == "done":
-            output = Path(json.loads(step["info_json"])["output"])
-            if output.exists():
-                jobs.append((frame_id, rec, output))
+            info = json.loads(step["info_json"])
+            if Path(info["output"]).exists():
+                jobs.append((frame_id, rec, Path(info["output"]), info["signature"]))
     return astrometry_stage.run(jobs, profile, settings, data.catalog_cache, ledger, ncores,
                                 force, log, should_stop)
+
+
+def _photometry(ledger: Ledger, plan: NightPlan, profile: Profile, settings: AstrometrySettings,
+                data: DataDir, ncores: int, force: bool, log, should_stop: Callable[[], bool],
+                out_dir: Path) -> PhotReport:
+    """Measure every solved frame (see gppy.phot.stage)."""
+    jobs = []
+    for rec in plan.science:
+        frame_id = ledger.frame_by_path(rec.file)["id"]
+        step = ledger.step(frame_id, ASTROMETRY_STEP)
+        calib = ledger.step(frame_id, CALIBRATE_STEP)
+        if step is not None and step["status"] == "done" and calib is not None:
+            output = Path(json.loads(calib["info_json"])["output"])
+            if output.exists():
+                upstream = phot_stage.upstream_signature(json.loads(step["info_json"]))
+                jobs.append((frame_id, rec, output, upstream))
+    return phot_stage.run(jobs, profile, settings, data.catalog_cache, ledger, ncores, force,
+                          log, should_stop, out_dir)
 
 
 def _write_products(ledger: Ledger, night_id: int, out_dir: Path,

@@ -19,7 +19,7 @@ from typing import Any
 
 from gppy.errors import InputError
 from gppy.obsconfig import nights
-from gppy.obsconfig.schema import CANONICAL_KEYWORDS, HeaderRules, Profile
+from gppy.obsconfig.schema import CANONICAL_KEYWORDS, HeaderRules, Phot, Profile
 from gppy.obsconfig.validate import KeyPath, ProfileError, build
 from gppy.reduction.sections import parse_section
 from gppy.settings import config_dir
@@ -260,10 +260,19 @@ def load_all() -> tuple[dict[str, Profile], dict[str, ProfileError]]:
     return good, bad
 
 
+def _default_section(cls, name: str):
+    data = _read_toml(DEFAULTS_FILE)[name]
+    return build(cls, data, lambda _: str(DEFAULTS_FILE), str(DEFAULTS_FILE))
+
+
 def default_header_rules() -> HeaderRules:
     """The shared header rules of _defaults.toml, for frames of no known observatory."""
-    data = _read_toml(DEFAULTS_FILE)["header"]
-    return build(HeaderRules, data, lambda _: str(DEFAULTS_FILE), str(DEFAULTS_FILE))
+    return _default_section(HeaderRules, "header")
+
+
+def default_phot() -> Phot:
+    """The shared photometry settings of _defaults.toml, for frames of no known observatory."""
+    return _default_section(Phot, "phot")
 
 
 def profile_as_dict(p: Any) -> Any:

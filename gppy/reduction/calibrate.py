@@ -145,6 +145,7 @@ def _header(rec: FrameRecord, cal: FrameCalibration, profile: Profile, bias: Mas
             ("RDNOISE", round(read_noise_e, 3), "[e-] read noise (from the biases)"),
             ("SATURATE", round((profile.camera.saturation_adu - bias.header["BIASLEV"]) * gain, 1),
              "[e-] saturation level, approximately"),
+            ("RAWFILE", Path(rec.file).name, "raw frame this was calibrated from"),
             ("OBJECT", rec.object, "homogenised target name"),
             ("FILTER", rec.filter, "homogenised filter"),
             ("FILTRAW", rec.filter_raw, "filter as written by the camera"),

@@ -158,6 +158,16 @@ class Truth:
             raise ValueError(f"{file} has no WCS (not a science frame)")
         return wcs_from_cards(cards)
 
+    def wcs_error_px(self, file: str, wcs: WCS, grid: int = 21) -> np.ndarray:
+        """How far (px) `wcs` puts the sky from where the true WCS of `file` has it,
+        on a `grid` x `grid` lattice over the frame, edges and corners included."""
+        ny, nx = self.shape
+        gx, gy = (a.ravel() for a in np.meshgrid(np.linspace(0, nx - 1, grid),
+                                                np.linspace(0, ny - 1, grid)))
+        ra, dec = wcs.all_pix2world(gx, gy, 0)
+        x, y = self.wcs(file).all_world2pix(ra, dec, 0, tolerance=1e-8, maxiter=50)
+        return np.hypot(x - gx, y - gy)
+
     def noise_free(self, file: str, calibrated: bool = True) -> np.ndarray:
         """The frame without noise, cosmic rays or saturation: calibrated (ADU per
         exposure, see the module docstring) or raw (ADU, float)."""
