@@ -21,6 +21,8 @@ COMMAND_MODULES = (
     "gppy.daemon.status",         # gppy status
     "gppy.astrometry.command",    # gppy astrometry
     "gppy.phot.command",          # gppy phot
+    "gppy.transient.command_stack",  # gppy stack
+    "gppy.transient.command_subtract",  # gppy subtract
     "gppy.bench.command",         # gppy bench combine
 )
 

@@ -238,3 +238,7 @@ class DataDir:
     @property
     def catalog_cache(self) -> Path:
         return self.root / "cache" / "catalogs"
+
+    @property
+    def templates(self) -> Path:
+        return self.root / "templates"

@@ -43,9 +43,10 @@ def gppy_bin() -> Path:
 
 
 def simulate_nights(out: Path, obs: str, size: int | None, nights: int = 1, nscience: int = 2,
-                    seed: int = 7, n_fields: int = 1, render: bool = True):
+                    seed: int = 7, n_fields: int = 1, render: bool = True, n_bands: int = 2):
     """(out, [Truth per night]) of a simulated run written under `out` (without the
-    raw frames when not `render`)."""
+    raw frames when not `render`), in the first `n_bands` of the simulator's two
+    default bands."""
     import datetime as dt
 
     from gppy.obsconfig.loader import load_profile
@@ -57,7 +58,7 @@ def simulate_nights(out: Path, obs: str, size: int | None, nights: int = 1, nsci
     profile = load_profile(obs)
     shape = (size, size) if size else tuple(reversed(profile.camera.detector_px))
     cfg = RunConfig(profile=profile, seed=seed, shape=shape,
-                    bands=default_bands(profile.camera.filters),
+                    bands=default_bands(profile.camera.filters)[:n_bands],
                     first_night=dt.date(2024, 3, 14), n_nights=nights, n_fields=n_fields,
                     nscience=nscience, exptime_s=120.0)
     folders = simulate(cfg, out, processes=2, render=render)

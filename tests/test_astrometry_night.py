@@ -7,6 +7,7 @@ night's outlier rule, the blind retry from a pointing two fields off, and the
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -27,21 +28,23 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not solvefield.available(), reason="solve-field is not installed")]
 
 TARGET_PX = 0.1
-# profile -> simulated size (None: the full detector), science frames per field and filter
-NIGHTS = {"LOAO": (None, 2),           # 2048 px at 0.794" = 27': catalogue match; 2 filters
-          "KCT_ASI1600MM": (None, 2),  # 4656 x 3520 at 0.306" = 24' x 18', CMOS: catalogue
-          #                              match; 2 filters
-          "RASA36": (2048, 4)}         # 2048 px at 2.36" = 80': solve-field on Tycho-2; r only
+# profile -> simulated size (None: the full detector), science frames per field and filter,
+# filters
+NIGHTS = {"LOAO": (None, 2, 2),           # 2048 px at 0.794" = 27': catalogue match
+          "KCT_ASI1600MM": (None, 3, 1),  # 4656 x 3520 at 0.306" = 24' x 18', CMOS: catalogue
+          "RASA36": (2048, 4, 1)}         # 2048 px at 2.36" = 80': solve-field on Tycho-2
 
 
-def _night(tmp_path_factory, obs: str, size, nscience: int = 2):
-    out, (truth,) = simulate_nights(tmp_path_factory.mktemp(obs), obs, size, nscience=nscience)
+def _night(tmp_path_factory, obs: str, size, nscience: int = 2, n_bands: int = 2):
+    out, (truth,) = simulate_nights(tmp_path_factory.mktemp(obs), obs, size, nscience=nscience,
+                                    n_bands=n_bands)
     return out, truth, out / truth.dir.name
 
 
 def _process(obs: str, out: Path, night: Path, data: Path):
     settings = AstrometrySettings(refcat=str(out / "refcat.ecsv"))
-    return process_night(load_profile(obs), night, DataDir(data), ncores=2, settings=settings)
+    return process_night(load_profile(obs), night, DataDir(data), ncores=2, settings=settings,
+                         until="astrometry")
 
 
 def _errors_px(truth, calib: str) -> np.ndarray:
@@ -58,7 +61,7 @@ def test_every_frame_solved_to_a_tenth_of_a_pixel(tmp_path_factory, processed_lo
         result = _process(obs, out, night, out / "data")
     a = result.astrometry
     n = len(result.calibration.calibrated)
-    assert n >= 4 and not a.unsolved, a.unsolved
+    assert n >= 3 and not a.unsolved, a.unsolved
     assert len(a.solved) / n >= 0.99
     worst = {Path(c).name: float(_errors_px(truth, c).max()) for c in a.solved}
     seconds = [s["seconds"] for s in a.solved.values()]
@@ -84,15 +87,15 @@ def smeared_night(tmp_path_factory):
     smeared = night / sorted(f["file"] for f in truth.frames if f.get("wcs"))[0]
     with fits.open(smeared) as hdul:
         data = hdul[0].data.astype(np.float64)
-        trail = sum(np.roll(data, k, axis=1) for k in range(-6, 7)) / 13.0
+        trail = sum(np.roll(data, k, axis=1) for k in range(-15, 16)) / 31.0
         hdul[0].data = trail.astype(hdul[0].data.dtype)
         hdul.writeto(smeared, overwrite=True)
     return out, truth, smeared, _process("LOAO", out, night, out / "data")
 
 
 def test_an_outlier_is_solved_again_and_left_out_of_stacks_if_still_bad(smeared_night):
-    """The smeared frame sits above the night's median separations (Q3 + 1.5 IQR): it
-    is solved again with stricter settings and, if still an outlier, left out of
+    """The smeared frame (a 24" trail) sits above the night's median separations (Q3 +
+    1.5 IQR, and the 0.05" floor): it is solved again with stricter settings and, if still an outlier, left out of
     stacks; the summary says which."""
     out, truth, smeared, result = smeared_night
     a = result.astrometry
@@ -107,6 +110,11 @@ def test_an_outlier_is_solved_again_and_left_out_of_stacks_if_still_bad(smeared_
 
 
 def _cli(gppy_bin, *args) -> list[dict]:
+    # a hopeless hinted solve-field gives up after 10 s of CPU (30 by default), to keep
+    # the tests short; the solutions themselves take well under a second of it
+    settings = Path(os.environ["GPPY_CONFIG_DIR"]) / "settings.toml"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text("[astrometry]\ncpulimit_s = 10\n")
     proc = subprocess.run([str(gppy_bin), "astrometry", *map(str, args), "--json"],
                           capture_output=True, text=True, timeout=600)
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -118,7 +126,7 @@ def _cli(gppy_bin, *args) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def rasa_night(tmp_path_factory):
-    out, truth, night = _night(tmp_path_factory, "RASA36", 2048)
+    out, truth, night = _night(tmp_path_factory, "RASA36", 2048, n_bands=1)
     result = _process("RASA36", out, night, out / "data")
     return out, truth, sorted(result.calibration.calibrated)
 

@@ -3,9 +3,9 @@ write the WCS and its quality into the Calib file, record each frame in the
 ledger; fit one distortion to the frames of the same shape solved in this run
 (see `gppy.astrometry.distortion`), kept for each frame whose RMS it leaves
 within 10 % of its own fit's; then apply the night's outlier rule: a frame whose
-median separation from the catalogue exceeds Q3 + 1.5 IQR of the night's is
-solved again with stricter settings, and left out of stacks if it is still an
-outlier."""
+median separation from the catalogue exceeds Q3 + 1.5 IQR of the night's (and
+OUTLIER_FLOOR_ARCSEC) is solved again with stricter settings, and left out of
+stacks if it is still an outlier."""
 
 from __future__ import annotations
 
@@ -34,6 +34,9 @@ from gppy.settings import AstrometrySettings
 
 ASTROMETRY_STEP = "astrometry"
 MIN_FRAMES_FOR_OUTLIERS = 4   # an IQR of fewer frames says nothing
+# Never an outlier below this median separation: on a night of 0.015" frames, Q3 +
+# 1.5 IQR can be 0.02", and a 0.02" frame is no worse for a stack than the others.
+OUTLIER_FLOOR_ARCSEC = 0.05
 SHARED_RMS_TOLERANCE = 1.1    # a frame keeps the night's distortion up to 10 % more RMS
 
 
@@ -234,7 +237,7 @@ def _outliers(report: AstrometryReport, ids: dict, profile: Profile, stars, opti
     if len(seps) < MIN_FRAMES_FOR_OUTLIERS:
         return
     q1, q3 = np.percentile(list(seps.values()), [25, 75])
-    limit = q3 + 1.5 * (q3 - q1)
+    limit = max(q3 + 1.5 * (q3 - q1), OUTLIER_FLOOR_ARCSEC)
     outliers = [f for f, sep in seps.items() if sep > limit]
     if not outliers:
         return

@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from gppy import logs
-from gppy.daemon.routine import NightResult, process_night
+from gppy.daemon.routine import LAST_STAGE, STAGES, NightResult, process_night
 from gppy.errors import InputError
 from gppy.obsconfig.loader import load_profile
 from gppy.reduction.inventory import group
@@ -26,9 +26,12 @@ def register(sub) -> None:
     p.add_argument("--out", help="product folder (default: DATA_DIR/products/OBS/NIGHT)")
     p.add_argument("--data-dir", help="data directory (default: $GPPY_DATA_DIR or ~/.gppy)")
     p.add_argument("--refcat", metavar="FILE|gaia|tycho2|auto",
-                   help="astrometric reference catalogue (default: settings.toml, else auto)")
+                   help="reference catalogue (default: settings.toml, else auto; a file "
+                        "serves the photometry too)")
     p.add_argument("--mem-limit", type=float, metavar="GB",
                    help="working memory for combining masters (default: the profile's, 2 GB)")
+    p.add_argument("--until", choices=STAGES, default=LAST_STAGE,
+                   help=f"stop after this stage (default {LAST_STAGE})")
     p.add_argument("-v", "--verbose", action="store_true", help="debug events on the console")
     p.set_defaults(func=run)
 
@@ -47,7 +50,7 @@ def run(args) -> int:
     try:
         result = process_night(profile, args.night_dir, DataDir.resolve(args.data_dir),
                                ncores=max(1, args.ncores), force=args.force, out=args.out,
-                               settings=settings)
+                               settings=settings, until=args.until)
     except InputError:
         raise
     except Exception as exc:  # already logged with its traceback by the routine
@@ -116,7 +119,20 @@ def summary(r: NightResult) -> str:
                       f"{_num(s['seeing_arcsec'], 2)}\", UL5 {_num(s['ul5'], 2)}"
                       for f, s in sorted(ph.measured.items())]
             lines += [f"  FAILED  {Path(f).name}: {why}" for f, why in sorted(ph.failed.items())]
-        lines += ["", "Stacks:"] + [f"  {k:<28} {n} frames" for k, n in sorted(p.stacks.items())]
+        t = r.transients
+        lines += ["", f"Transients: {len(t.groups)} groups, {len(t.candidates)} candidates"
+                      + (f"; table {r.out_dir / 'transients.ecsv'}" if t.groups else "")]
+        for g in t.groups:
+            what = (f"stack {g['stack']}" if g["stack"] else "single frame")
+            diff = (f"difference {g['diff']} (blank-sky residual "
+                    f"{_num(g['qa']['resid_std_blank'], 2)}, around stars "
+                    f"{_num(g['qa']['resid_std_stars'], 2)}), {g['n_candidates']} candidates"
+                    if g["diff"] else g.get("note", ""))
+            lines.append(f"  {g['group']:<22} {len(g['frames'])} frames, {what}; {diff}")
+            lines += [f"    left out {f}: {why}" for f, why in sorted(g["excluded"].items())]
+        lines += [f"  FAILED  {label}: {why}" for label, why in sorted(t.failed.items())]
+        lines += [f"  promoted to template: {label} ({why})"
+                  for label, why in sorted(t.promoted.items())]
     if p.skipped:
         lines += ["", "Skipped:"] + [f"  {Path(f).name}: {why}" for f, why in sorted(p.skipped.items())]
     lines += ["", f"Products: {r.out_dir}", f"Log:      {r.log_path}"]

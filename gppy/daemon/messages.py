@@ -50,6 +50,15 @@ def done(obs: str, night: str, event: dict) -> str:
                      + (f", median seeing {seeing:.2f}\"" if seeing is not None else "")
                      + (f", median 5-sigma depth {ul5:.2f} mag" if ul5 is not None else "")
                      + f", {len(event['phot_failed'])} failed.")
+    if event["stacks"] or event["transient_failed"]:
+        lines.append(f"Transients: {event['stacks']} stacks/differences, "
+                     f"{event['n_candidates']} candidates"
+                     + (f", {len(event['transient_failed'])} groups failed"
+                        if event["transient_failed"] else "") + ".")
+        for c in event["top_candidates"]:
+            mag = f"{c['mag']:.2f}" if c["mag"] is not None else "?"
+            lines.append(f"  {escape(c['group'])}: RA {c['ra']:.5f} Dec {c['dec']:+.5f}, "
+                         f"mag {mag}, S/N {c['snr']:.0f}, score {c['score']:.2f}")
     for kind, nights in sorted(event["borrowed"].items()):
         lines.append(f"Borrowed the {kind} from night {', '.join(nights)}.")
     for why, n in sorted(event["uncalibrated"].items()):

@@ -3,7 +3,8 @@ ledger so that a re-run does only what is new or changed (unless forced).
 
 Stages so far: inventory (homogenised header of every frame), the plan, the
 masters (into the master library), the calibration of every science frame, its
-astrometry and its photometry.
+astrometry and its photometry; then the night's stacks, differences against the
+templates and transient candidates.
 Products go to the night's product folder, events to the night's JSON log.
 """
 
@@ -30,12 +31,18 @@ from gppy.obsconfig.headers import FrameRecord, homogenise, night_of
 from gppy.obsconfig.nights import parse_night
 from gppy.obsconfig.schema import Profile
 from gppy.phot import stage as phot_stage
-from gppy.phot.stage import PhotReport
+from gppy.phot.stage import PhotReport, reference_source
+from gppy.transient import stage as transient_stage
+from gppy.transient.stage import TransientReport
+from gppy.transient.templates import TemplateLibrary
 from gppy.progress import Progress
 from gppy.reduction.inventory import find_frames, records_table, scan_frames
 from gppy.settings import AstrometrySettings, DataDir, load_settings
 
 INVENTORY_STEP = "inventory"
+# Stages after the calibration, in order (`process_night(..., until=...)`).
+STAGES = ("calibration", "astrometry", "phot", "transients")
+LAST_STAGE = STAGES[-1]
 
 
 class NightError(InputError, RuntimeError):
@@ -74,6 +81,7 @@ class NightResult:
     calibration: CalibrationReport
     astrometry: AstrometryReport
     phot: PhotReport
+    transients: TransientReport
     seconds: float
     ncores: int
 
@@ -100,11 +108,16 @@ def process_night(profile: Profile, night_dir: str | Path, data: DataDir, ncores
                   force: bool = False, out: str | Path | None = None,
                   should_stop: Callable[[], bool] = _never,
                   on_event: Callable[[str, dict], None] = _ignore,
-                  settings: AstrometrySettings | None = None) -> NightResult:
-    """Run every stage on one night folder. `should_stop` is asked between frames: when
-    it says so, the night is left 'queued' (it resumes from the ledger) and
-    NightInterrupted is raised. `on_event("started", ...)` is called once the frames are
-    known, with what the daemon reports."""
+                  settings: AstrometrySettings | None = None,
+                  until: str = LAST_STAGE) -> NightResult:
+    """Run the stages on one night folder, up to and including `until` (one of
+    STAGES). `should_stop` is asked between frames: when it says so, the night is
+    left 'queued' (it resumes from the ledger) and NightInterrupted is raised.
+    `on_event("started", ...)` is called once the frames are known, with what the
+    daemon reports."""
+    if until not in STAGES:
+        raise ValueError(f"until: one of {', '.join(STAGES)}, not {until!r}")
+    wanted = STAGES[:STAGES.index(until) + 1]
     started = time.monotonic()
     settings = settings or load_settings().astrometry
     night_dir = Path(night_dir).resolve()
@@ -130,10 +143,16 @@ def process_night(profile: Profile, night_dir: str | Path, data: DataDir, ncores
                                     data.masters(profile.name, night), ncores, force, log)
             calibration = _calibrate(ledger, night_id, plan, profile, night, gain_mode, out_dir,
                                      ncores, force, log, should_stop)
-            astrometry = _astrometry(ledger, plan, profile, settings, data, ncores, force, log,
-                                     should_stop)
-            phot = _photometry(ledger, plan, profile, settings, data, ncores, force, log,
-                               should_stop, out_dir)
+            astrometry, phot, transients = AstrometryReport(), PhotReport(), TransientReport()
+            if "astrometry" in wanted:
+                astrometry = _astrometry(ledger, plan, profile, settings, data, ncores, force,
+                                         log, should_stop)
+            if "phot" in wanted:
+                phot = _photometry(ledger, plan, profile, settings, data, ncores, force, log,
+                                   should_stop, out_dir)
+            if "transients" in wanted:
+                transients = _transients(phot, astrometry, profile, settings, data, out_dir,
+                                         log, should_stop)
             _write_products(ledger, night_id, out_dir, records, plan)
         except NightInterrupted:
             ledger.set_night_status(night_id, "queued", error="interrupted; resumes from the ledger")
@@ -150,10 +169,10 @@ def process_night(profile: Profile, night_dir: str | Path, data: DataDir, ncores
                  calibrated=len(calibration.calibrated), failed=len(calibration.failed),
                  uncalibrated=len(calibration.uncalibrated), solved=len(astrometry.solved),
                  unsolved=len(astrometry.unsolved), measured=len(phot.measured),
-                 phot_failed=len(phot.failed))
+                 phot_failed=len(phot.failed), candidates=len(transients.candidates))
     return NightResult(profile.name, night, night_dir, out_dir, log_file, records, n_scanned,
                        len(records) - n_scanned, plan, masters, calibration, astrometry, phot,
-                       seconds, ncores)
+                       transients, seconds, ncores)
 
 
 def started_event(records: list[FrameRecord], plan: NightPlan, ncores: int) -> dict:
@@ -177,6 +196,9 @@ def done_event(r: NightResult) -> dict:
             "excluded_from_stacks": r.astrometry.excluded,
             "zp_measured": len(r.phot.measured), "phot_failed": r.phot.failed,
             "seeing_arcsec": r.phot.median("seeing_arcsec"), "ul5": r.phot.median("ul5"),
+            "stacks": len(r.transients.groups), "transient_failed": r.transients.failed,
+            "n_candidates": len(r.transients.candidates),
+            "top_candidates": r.transients.top(),
             "products": str(r.out_dir), "log": str(r.log_path)}
 
 
@@ -291,6 +313,16 @@ def _photometry(ledger: Ledger, plan: NightPlan, profile: Profile, settings: Ast
                 jobs.append((frame_id, rec, output, upstream))
     return phot_stage.run(jobs, profile, settings, data.catalog_cache, ledger, ncores, force,
                           log, should_stop, out_dir)
+
+
+def _transients(phot: PhotReport, astrometry: AstrometryReport, profile: Profile,
+                settings: AstrometrySettings, data: DataDir, out_dir: Path, log,
+                should_stop: Callable[[], bool]) -> TransientReport:
+    """Stacks, differences and candidates (see gppy.transient.stage)."""
+    frames = transient_stage.night_frames(phot.measured, astrometry.solved)
+    library = TemplateLibrary(data.templates, profile.name, profile.transient.template_dir)
+    refstars = reference_source(profile.phot, settings, data.catalog_cache)
+    return transient_stage.run(frames, profile, refstars, library, out_dir, log, should_stop)
 
 
 def _write_products(ledger: Ledger, night_id: int, out_dir: Path,

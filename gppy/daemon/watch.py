@@ -265,7 +265,8 @@ class Watcher:
         if status == "done":
             self.log.info("night done", path=str(night_dir))
             if done is not None:
-                self.notifier.post(obs, messages.done(obs, night, done))
+                stamps = [c["stamp_png"] for c in done.get("top_candidates", [])]
+                self.notifier.post(obs, messages.done(obs, night, done), files=stamps)
         elif child.exitcode == EXIT_INTERRUPTED or (asked_to_stop and status != "failed"):
             self.log.info("night interrupted; it resumes at the next start", path=str(night_dir))
         else:

@@ -151,6 +151,19 @@ class Phot:
 
 
 @dataclass(frozen=True)
+class Transient:
+    group_gap_h: float = doc("frames of one object and filter further apart than this (hours) "
+                             "go into separate stacks", gt=0)
+    max_seeing_ratio: float = doc("frames whose seeing exceeds the group's median by this "
+                                  "factor are left out of its stack", gt=1)
+    max_zp_drop_mag: float = doc("frames whose zero point is this far below the group's median "
+                                 "(clouds) are left out of its stack", gt=0)
+    engine: Literal["builtin", "hotpants"] = doc("image subtraction engine")
+    template_dir: str | None = optional("folder of reference images (OBJECT/FILTER/*.fits, or "
+                                        "any FITS whose OBJECT and FILTER match)")
+
+
+@dataclass(frozen=True)
 class ClassifyRule:
     """Overrides the IMAGETYP-based type when every condition given holds."""
 
@@ -218,6 +231,7 @@ class Profile:
     reduction: Reduction = doc("calibration choices")
     astrometry: Astrometry = doc("astrometric solution")
     phot: Phot = doc("photometry defaults (legacy phot-configs)")
+    transient: Transient = doc("stacks, templates, subtraction")
     header: HeaderRules = doc("header homogenisation rules")
     dialect: Dialect = doc("how this observatory writes headers and file names")
     aliases: list[str] = doc("other names accepted on the command line", default_factory=list)

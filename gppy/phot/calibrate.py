@@ -258,6 +258,23 @@ def write_catalog(result: PhotResult, path: str | os.PathLike) -> None:
     write_atomic(Path(path), fits.HDUList([fits.PrimaryHDU(), hdu]))
 
 
+def total_zero_point(header: fits.Header, gain: float = 1.0) -> float | None:
+    """The AB zero point of a point source's total flux in e-/s: ZP_n - APCORn of the
+    aperture ZPAPER (else ZP itself, e.g. a stack's, whose ZPAPER is 'total'), plus
+    2.5 log10(gain) for an image measured in its own counts."""
+    zp = header.get("ZP")
+    if not isinstance(zp, (int, float)):
+        return None
+    name = header.get("ZPAPER", HEADLINE_APERTURE)
+    for key in header:
+        if key.startswith("APNAME") and header[key] == name:
+            z, apcor = header.get(f"ZP_{key[6:]}"), header.get(f"APCOR{key[6:]}")
+            if isinstance(z, (int, float)) and isinstance(apcor, (int, float)):
+                zp = z - apcor
+            break
+    return float(zp) + (2.5 * math.log10(gain) if gain and gain != 1 else 0.0)
+
+
 def catalog_path(image: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
     """Where an image's catalogue goes: NAME.fits -> NAME.cat.fits (beside it, or in out_dir)."""
     image = Path(image)

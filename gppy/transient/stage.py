@@ -1,0 +1,164 @@
+"""The transient stage of a night: group the measured frames (gppy.transient.groups),
+stack each group (its photometry measured like a frame's), subtract the field's
+template (gppy.transient.templates), find candidates on the difference, cut
+stamps for them, and promote the night's stacks into the template library.
+
+Products, in the night's product folder:
+    Calib-...-com.fits (+ .cat.fits)      a group's stack and its catalogue
+    hd-<science>.fits                     the difference (image, MASK, ERR, KERNEL)
+    hd-<science>.cand.ecsv                every detection on it, with class and reasons
+    stamps/<science stem>/cand*.fits|png  stamps of the candidates (class "candidate")
+    transients.ecsv                       the night's candidates, best first
+A group of one frame is not stacked: the frame itself is subtracted.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from astropy.io import fits
+from astropy.table import Table
+
+from gppy.errors import InputError, NightInterrupted
+from gppy.fitsio import BadFrame, atomic_open
+from gppy.obsconfig.schema import Profile
+from gppy.phot.stage import measure_calibrated
+from gppy.transient.candidates import find_candidates
+from gppy.phot.calibrate import total_zero_point
+from gppy.transient.command_subtract import difference
+from gppy.transient.groups import Group, NightFrame, group_frames
+from gppy.transient.stack import stack
+from gppy.transient.stamps import write_stamps
+from gppy.transient.templates import TemplateLibrary
+
+TOP_CANDIDATES = 5           # sent with the night's message
+
+
+@dataclass
+class TransientReport:
+    groups: list[dict] = field(default_factory=list)       # one summary per group
+    failed: dict[str, str] = field(default_factory=dict)   # group label -> why
+    promoted: dict[str, str] = field(default_factory=dict)  # group label -> why
+    candidates: list[dict] = field(default_factory=list)   # class "candidate", best first
+
+    def top(self, n: int = TOP_CANDIDATES) -> list[dict]:
+        return self.candidates[:n]
+
+
+def night_frames(phot_measured: dict[str, dict], astrometry_solved: dict[str, dict]
+                 ) -> list[NightFrame]:
+    """The frames that have photometry, as the grouping needs them."""
+    frames = []
+    for calib, info in phot_measured.items():
+        header = fits.getheader(calib)
+        frames.append(NightFrame(
+            calib, str(header.get("OBJECT") or "?"), str(header.get("FILTER")),
+            float(header["MJD-OBS"]), float(header["EXPTIME"]), info.get("seeing_arcsec"),
+            info.get("zp"), bool(astrometry_solved.get(calib, {}).get("outlier"))))
+    return frames
+
+
+def run(frames: list[NightFrame], profile: Profile, refstars, library: TemplateLibrary,
+        out_dir: Path, log, should_stop) -> TransientReport:
+    report = TransientReport()
+    made = []
+    for group in group_frames(frames, profile.transient):
+        if not group.frames:
+            report.failed[group.label] = "every frame left out: " + "; ".join(
+                f"{Path(p).name}: {why}" for p, why in group.excluded.items())
+            continue
+        try:
+            summary, science = _group(group, profile, refstars, library, out_dir, log)
+        except (BadFrame, InputError, OSError) as exc:
+            report.failed[group.label] = str(exc)
+            log.warning("transient stage failed", group=group.label, error=str(exc))
+            continue
+        except Exception as exc:  # a bug: keep where it happened, for the log
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            report.failed[group.label] = (f"{type(exc).__name__}: {exc} "
+                                          f"(at {Path(where.filename).name}:{where.lineno})")
+            log.exception("transient stage failed", group=group.label)
+            continue
+        report.groups.append(summary)
+        made.append((group, science))
+        if should_stop():
+            raise NightInterrupted
+    # promoted only now: a stack is never its own night's reference
+    for group, science in made:
+        why = library.promote(science, group.object, group.filter)
+        if why:
+            report.promoted[group.label] = why
+            log.info("template promoted", group=group.label, file=str(science), why=why)
+    rows = [c for g in report.groups for c in g.pop("_candidates")]
+    report.candidates = sorted(rows, key=lambda c: -c["score"])
+    _write_night_table(report.candidates, out_dir)
+    return report
+
+
+def _group(group: Group, profile: Profile, refstars, library: TemplateLibrary, out_dir: Path,
+           log) -> tuple[dict, Path]:
+    summary = {"group": group.label, "frames": [Path(p).name for p in group.paths],
+               "excluded": {Path(p).name: why for p, why in group.excluded.items()},
+               "stack": None, "diff": None, "template": None, "n_candidates": 0,
+               "_candidates": []}
+    if len(group.frames) > 1:
+        science = Path(stack(group.paths, out_dir).path)
+        measure_calibrated(science, group.filter, profile, refstars)
+        summary["stack"] = science.name
+    else:
+        science = Path(group.paths[0])
+    template = library.find(group.object, group.filter, science.name)
+    if template is None:
+        summary["note"] = "no template yet"
+        return summary, science
+    summary["template"] = str(template.path)
+    source = fits.getheader(template.path).get("TMPLSRC", template.path.name)
+    row, pair = difference(science, template.path, engine=profile.transient.engine, out=out_dir,
+                           cards=[("TEMPLATE", str(source)[-68:], "reference image subtracted"),
+                                  ("TMPLKIND", template.source, "configured or library")])
+    summary["diff"] = Path(row["diff"]).name
+    summary["qa"] = {k: row.get(k) for k in ("resid_std_blank", "resid_std_stars",
+                                             "kernel_sum", "n_dipoles", "seconds")}
+    header = fits.getheader(science)
+    scale = float(np.sqrt(abs(np.linalg.det(pair.wcs.pixel_scale_matrix)))) * 3600.0
+    fwhm_px = pair.fwhm_diff_px or float(header["SEEING"]) / scale
+    # resampling and convolution correlate the noise: a source's S/N from the per-pixel
+    # noise is too high by the measured aperture noise factor (1.2-1.3 on stacks)
+    noise = pair.noise * max(1.0, row.get("aperture_noise_factor") or 1.0)
+    cands = find_candidates(pair.diff, noise, pair.sci, pair.ref, pair.mask, pair.wcs,
+                            fwhm_px=fwhm_px, zp=total_zero_point(header, 1.0),
+                            exptime_s=float(header["EXPTIME"]))
+    stem = Path(row["diff"]).name.rsplit(".", 1)[0]
+    with atomic_open(out_dir / f"{stem}.cand.ecsv", "w") as fh:
+        cands.write(fh, format="ascii.ecsv")
+    good = cands[cands["cls"] == "candidate"]
+    summary["n_candidates"] = len(good)
+    if len(good):
+        paths = write_stamps(good, pair.sci, pair.ref, pair.diff, pair.wcs,
+                             out_dir / "stamps" / stem)
+        for c, (fits_path, png_path) in zip(good, paths):
+            summary["_candidates"].append({
+                "group": group.label, "diff": Path(row["diff"]).name,
+                "ra": round(float(c["ra"]), 6), "dec": round(float(c["dec"]), 6),
+                "mag": _num(c["mag"]), "magerr": _num(c["magerr"]), "snr": _num(c["snr"]),
+                "score": _num(c["score"]), "stamp_fits": str(fits_path),
+                "stamp_png": str(png_path)})
+    log.info("subtracted", group=group.label, diff=summary["diff"],
+             candidates=len(good), **{k: v for k, v in summary["qa"].items() if v is not None})
+    return summary, science
+
+
+def _num(v) -> float | None:
+    v = float(v)
+    return round(v, 4) if np.isfinite(v) else None
+
+
+def _write_night_table(candidates: list[dict], out_dir: Path) -> None:
+    names = ("group", "diff", "ra", "dec", "mag", "magerr", "snr", "score", "stamp_png")
+    table = Table(rows=[[c[k] if c[k] is not None else np.nan for k in names]
+                        for c in candidates] or None, names=names)
+    with atomic_open(out_dir / "transients.ecsv", "w") as fh:
+        table.write(fh, format="ascii.ecsv")
