@@ -125,10 +125,7 @@ def _group(group: Group, profile: Profile, refstars, library: TemplateLibrary, o
     header = fits.getheader(science)
     scale = float(np.sqrt(abs(np.linalg.det(pair.wcs.pixel_scale_matrix)))) * 3600.0
     fwhm_px = pair.fwhm_diff_px or float(header["SEEING"]) / scale
-    # resampling and convolution correlate the noise: a source's S/N from the per-pixel
-    # noise is too high by the measured aperture noise factor (1.2-1.3 on stacks)
-    noise = pair.noise * max(1.0, row.get("aperture_noise_factor") or 1.0)
-    cands = find_candidates(pair.diff, noise, pair.sci, pair.ref, pair.mask, pair.wcs,
+    cands = find_candidates(pair.diff, pair.noise, pair.sci, pair.ref, pair.mask, pair.wcs,
                             fwhm_px=fwhm_px, zp=total_zero_point(header, 1.0),
                             exptime_s=float(header["EXPTIME"]))
     stem = Path(row["diff"]).name.rsplit(".", 1)[0]
