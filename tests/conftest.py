@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,27 @@ def gppy_bin() -> Path:
     if not GPPY.exists():
         pytest.skip(f"{GPPY} is not installed (run `make test`)")
     return GPPY
+
+
+@dataclass
+class SimulatedFrame:
+    """A science frame of a simulated night: its truth record."""
+
+    truth: object
+    frame: dict
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.truth.shape
+
+    @property
+    def true_wcs(self):
+        return self.truth.wcs(self.frame["file"])
+
+    @property
+    def pointing(self) -> tuple[float, float]:
+        """The commanded pointing of the raw header (the truth adds a pointing error)."""
+        return self.frame["ra_cmd_deg"], self.frame["dec_cmd_deg"]
 
 
 def simulate_nights(out: Path, obs: str, size: int | None, nights: int = 1, nscience: int = 2,

@@ -24,8 +24,9 @@ from gppy.astrometry.refine import centroid_errors, refine
 from gppy.astrometry.sources import detect
 from gppy.obsconfig.loader import load_profile
 from gppy.sim.pointing import offset_arcsec
+from gppy.sim.truth import wcs_error_px
 
-from conftest import simulate_nights
+from conftest import SimulatedFrame, simulate_nights
 
 pytestmark = pytest.mark.skipif(not (tycho.DEFAULT_INDEX_DIR / tycho.INDEX_NAME).is_file(),
                                 reason="astrometry-data-tycho2-07-littleendian is not installed")
@@ -38,23 +39,12 @@ CASES = {"LOAO": (None, 11),              # 2048 px at 0.794" = 27'
 
 
 @dataclass
-class Case:
+class Case(SimulatedFrame):
     obs: str
-    truth: object
-    frame: dict
     sources: Table
     catalog: Table
     pixscale: float
-    shape: tuple[int, int]
     refcat_path: Path
-
-    @property
-    def true_wcs(self) -> WCS:
-        return self.truth.wcs(self.frame["file"])
-
-    @property
-    def pointing(self) -> tuple[float, float]:
-        return self.frame["ra_cmd_deg"], self.frame["dec_cmd_deg"]
 
 
 class _Cases:
@@ -77,8 +67,8 @@ class _Cases:
             catalog = reference_stars(frame["ra_cmd_deg"], frame["dec_cmd_deg"],
                                       catalog_radius_deg(truth.shape, pixscale),
                                       source=str(refcat_path), cache_dir=self.base / "cache")
-            self.cases[obs] = Case(obs, truth, frame, detect(image), catalog, pixscale,
-                                   truth.shape, refcat_path)
+            self.cases[obs] = Case(truth, frame, obs, detect(image), catalog, pixscale,
+                                   refcat_path)
         return self.cases[obs]
 
 
@@ -94,19 +84,6 @@ def noisy(truth, frame: dict, seed: int) -> np.ndarray:
     read_noise_adu = truth.camera["read_noise_e"] / truth.gain
     variance = np.maximum(clean, 0.0) / truth.gain + read_noise_adu ** 2
     return clean + rng.normal(0.0, 1.0, clean.shape) * np.sqrt(variance)
-
-
-def grid_error(ours: WCS, true: WCS, shape, transform=None, n: int = 21) -> np.ndarray:
-    """|truth pixel - pixel| over an n x n grid spanning the frame (corners included)
-    after pixel -> sky (ours) -> pixel (truth); `transform` maps our frame's pixels to
-    the true frame's (for rotated / mirrored detections)."""
-    ny, nx = shape
-    gx, gy = np.meshgrid(np.linspace(0, nx - 1, n), np.linspace(0, ny - 1, n))
-    gx, gy = gx.ravel(), gy.ravel()
-    ra, dec = ours.all_pix2world(gx, gy, 0)
-    x, y = true.all_world2pix(ra, dec, 0, tolerance=1e-10, maxiter=100)
-    ex, ey = (gx, gy) if transform is None else transform(gx, gy)
-    return np.hypot(x - ex, y - ey)
 
 
 def solve(case: Case, sources=None, pointing=None, **kw):
@@ -128,7 +105,7 @@ def test_solves_from_the_header_pointing_to_a_tenth_of_a_pixel(cases, obs):
     case = cases[obs]
     result, wcs, stats, (t_match, t_refine) = solve(case)
     assert result is not None, f"{obs}: no match"
-    err = grid_error(wcs, case.true_wcs, case.shape)
+    err = wcs_error_px(wcs, case.true_wcs, case.shape)
     corners = err.reshape(21, 21)[[0, 0, -1, -1], [0, -1, 0, -1]]
     print(f"\n{obs} {case.shape}: {len(case.sources)} sources, {len(case.catalog)} catalogue stars;"
           f" match {result.n_matches} ({result.n_verified} >= {result.n_required}) in "
@@ -183,7 +160,7 @@ def test_a_pointing_off_by_much_of_the_field_still_matches(cases):
     result, wcs, stats, _ = solve(shifted, pointing=(ra, dec))
     assert result is not None
     assert result.offset_arcsec == pytest.approx(0.57 * fov_arcsec, rel=0.05)
-    assert grid_error(wcs, case.true_wcs, case.shape).max() <= TARGET_PX
+    assert wcs_error_px(wcs, case.true_wcs, case.shape).max() <= TARGET_PX
 
 
 def test_a_pointing_off_by_twice_the_field_fails_fast(cases):
@@ -217,7 +194,7 @@ def test_spurious_bright_detections_are_survived(cases):
     result, wcs, stats, _ = solve(case, sources=sources)
     assert result is not None and result.attempt > 0
     assert not set(range(50)) & set(stats.residuals["det"][stats.residuals["used"]].tolist())
-    assert grid_error(wcs, case.true_wcs, case.shape).max() <= TARGET_PX
+    assert wcs_error_px(wcs, case.true_wcs, case.shape).max() <= TARGET_PX
 
 
 def _rotate_flip(sources: Table, shape, angle_deg: float, flip: bool):
@@ -256,7 +233,7 @@ def test_any_rotation_and_a_mirror_image(cases, angle, flip):
     diff = (result.rotation_deg - expected + 180.0) % 360.0 - 180.0
     assert abs(diff) < 0.2
     # inside the disc the rotated frame shares with the original
-    err = grid_error(wcs, case.true_wcs, case.shape, transform=back, n=31)
+    err = wcs_error_px(wcs, case.true_wcs, case.shape, grid=31, transform=back)
     ny, nx = case.shape
     gx, gy = np.meshgrid(np.linspace(0, nx - 1, 31), np.linspace(0, ny - 1, 31))
     common = np.hypot(gx.ravel() - (nx - 1) / 2, gy.ravel() - (ny - 1) / 2) < 0.5 * min(nx, ny)
@@ -292,7 +269,7 @@ def test_a_wide_field_solves_with_tycho2_alone(cases, tmp_path):
     assert result is not None
     wcs, stats = refine(result.wcs, case.sources, catalog, case.shape, 3)
     assert stats.nstars > 50
-    assert grid_error(wcs, case.true_wcs, case.shape).max() <= TARGET_PX
+    assert wcs_error_px(wcs, case.true_wcs, case.shape).max() <= TARGET_PX
 
 
 # ------------------------------------------------------------------------- refine
@@ -308,7 +285,7 @@ def test_refine_from_a_sip_wcs_slightly_off(cases):
     start.wcs.set()
     wcs, stats = refine(start, case.sources, case.catalog, case.shape, 3)
     assert stats.ok and stats.sip_order == 3
-    assert grid_error(wcs, case.true_wcs, case.shape).max() <= TARGET_PX
+    assert wcs_error_px(wcs, case.true_wcs, case.shape).max() <= TARGET_PX
 
 
 def test_checking_a_wcs_without_fitting_it(cases):
@@ -333,7 +310,7 @@ def test_sparse_fields_lower_the_sip_order(cases):
     assert stats.ok and stats.nstars <= 20 and stats.sip_order < 3
     assert any("SIP order lowered from 3" in note for note in stats.notes)
     # still a usable WCS (the true distortion is ~1 px at the corners)
-    assert grid_error(wcs, case.true_wcs, case.shape).max() < 2.0
+    assert wcs_error_px(wcs, case.true_wcs, case.shape).max() < 2.0
     unchanged, stats = refine(result.wcs, case.sources[:3], case.catalog, case.shape, 3)
     assert unchanged is result.wcs and not stats.ok and "nothing fitted" in stats.notes[0]
 
@@ -356,7 +333,7 @@ def test_refine_rejects_outliers(cases):
     rejected = set(stats.residuals["cat"][~stats.residuals["used"]].tolist())
     matched_bad = set(bad.tolist()) & set(stats.residuals["cat"].tolist())
     assert len(matched_bad) >= 20 and matched_bad <= rejected
-    assert grid_error(wcs, case.true_wcs, case.shape).max() <= TARGET_PX
+    assert wcs_error_px(wcs, case.true_wcs, case.shape).max() <= TARGET_PX
 
 
 def test_centroid_errors_follow_the_signal_to_noise(cases):

@@ -16,6 +16,7 @@ from astropy.table import Table
 
 from gppy.astrometry import refcat, tycho
 from gppy.astrometry.refcat import RefcatError, reference_stars
+from gppy.catalogs import tiles
 from gppy.errors import InputError
 from gppy.sim.pointing import spherical_offset
 
@@ -203,11 +204,11 @@ def test_finer_and_coarser_requests_reuse_cached_tiles(tmp_path, vizier):
     hp = HEALPix(2 ** (order - 1), order="nested")
     parent = int(hp.lonlat_to_healpix(150.0 * u.deg, 30.0 * u.deg))
     for child in range(4 * parent, 4 * parent + 4):
-        ra_c, dec_c, r = refcat._tile_circle(order, child)
+        ra_c, dec_c, r = tiles.tile_circle(order, child)
         refcat.from_gaia(ra_c, dec_c, 0.3 * r, cache_dir=fine_cache, vizier_server=vizier.url,
                          order=order)
     assert len(list((fine_cache / "gaia-dr3" / f"hpx{order}").glob("*.fits"))) == 4
-    ra_p, dec_p, r_p = refcat._tile_circle(order - 1, parent)
+    ra_p, dec_p, r_p = tiles.tile_circle(order - 1, parent)
     coarse = refcat.from_gaia(ra_p, dec_p, 0.05, cache_dir=fine_cache, offline=True,
                               order=order - 1)
     inside = _inside(vizier, ra_p, dec_p, 0.05)

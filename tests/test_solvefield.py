@@ -27,8 +27,9 @@ from gppy.astrometry import solvefield
 from gppy.astrometry.sources import detect
 from gppy.obsconfig.loader import load_profile
 from gppy.sim.pointing import offset_arcsec
+from gppy.sim.truth import wcs_error_px
 
-from conftest import simulate_nights, wait_for
+from conftest import SimulatedFrame, simulate_nights, wait_for
 
 INDEX_DIR = Path("/usr/share/astrometry")       # apt astrometry-data-tycho2-*
 TYCHO_07 = INDEX_DIR / "index-tycho2-07.littleendian.fits"  # the simulator's bright stars
@@ -47,26 +48,11 @@ needs_simulator_index = pytest.mark.skipif(
 # ----------------------------------------------------------------------------- the field
 
 @dataclass
-class Field:
+class Field(SimulatedFrame):
     """A simulated science frame: its detected sources and its true WCS."""
 
-    truth: object
-    frame: dict
     sources: Table
     pixscale: float
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.truth.shape
-
-    @property
-    def true_wcs(self) -> WCS:
-        return self.truth.wcs(self.frame["file"])
-
-    @property
-    def pointing(self) -> tuple[float, float]:
-        """The commanded pointing of the raw header (the truth adds a pointing error)."""
-        return self.frame["ra_cmd_deg"], self.frame["dec_cmd_deg"]
 
     @property
     def fov_arcmin(self) -> float:
@@ -110,17 +96,9 @@ def grid(shape, n: int = 21) -> tuple[np.ndarray, np.ndarray]:
     return gx.ravel(), gy.ravel()
 
 
-def grid_error(ours: WCS, true: WCS, shape, n: int = 21) -> np.ndarray:
-    """|pixel - truth pixel| over the grid: pixel -> sky with ours -> pixel with the truth."""
-    gx, gy = grid(shape, n)
-    ra, dec = ours.all_pix2world(gx, gy, 0)
-    x, y = true.all_world2pix(ra, dec, 0, tolerance=1e-10, maxiter=100)
-    return np.hypot(x - gx, y - gy)
-
-
 def centre_error(ours: WCS, true: WCS, shape) -> float:
     """The grid error at the frame centre (the middle of an odd grid)."""
-    err = grid_error(ours, true, shape, n=21)
+    err = wcs_error_px(ours, true, shape, grid=21)
     return float(err.reshape(21, 21)[10, 10])
 
 
@@ -189,7 +167,7 @@ class PopenSpy:
 
 
 def report_accuracy(label: str, result, field: Field) -> np.ndarray:
-    err = grid_error(result.wcs, field.true_wcs, field.shape)
+    err = wcs_error_px(result.wcs, field.true_wcs, field.shape)
     floor = linear_floor(field.true_wcs, field.shape)
     print(f"\n{label}: solved in {result.seconds:.2f} s from {len(field.sources)} sources; "
           f"vs truth: centre {centre_error(result.wcs, field.true_wcs, field.shape):.3f} px, "
@@ -203,7 +181,7 @@ def assert_accurate(result, field: Field) -> None:
     over the frame, to within a pixel of what the field distortion (which a
     linear WCS ignores) allows; measured on this frame: centre 0.11 px, max
     1.39 px, rms 0.32 px, against a best-linear floor of max 0.88, rms 0.22 px."""
-    err = grid_error(result.wcs, field.true_wcs, field.shape)
+    err = wcs_error_px(result.wcs, field.true_wcs, field.shape)
     floor = linear_floor(field.true_wcs, field.shape)
     assert centre_error(result.wcs, field.true_wcs, field.shape) < 0.5
     assert err.max() < floor.max() + 1.0

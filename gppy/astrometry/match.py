@@ -240,6 +240,17 @@ def _fit_affine(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return solve_lsq(design, dst)
 
 
+def _affine_at_centre(xy: np.ndarray, radec: np.ndarray, ra_c: float, dec_c: float):
+    """The affine map from centred pixels `xy` to the tangent plane of the matched
+    stars `radec`, with the tangent point moved to the frame centre: (3x2 map,
+    ra_c, dec_c, xi, eta of the stars there)."""
+    xi, eta, _ = gnomonic(radec[:, 0], radec[:, 1], ra_c, dec_c)
+    m = _fit_affine(xy, np.column_stack([xi, eta]))
+    ra_c, dec_c = (float(v) for v in inverse_gnomonic(m[2, 0], m[2, 1], ra_c, dec_c))
+    xi, eta, _ = gnomonic(radec[:, 0], radec[:, 1], ra_c, dec_c)
+    return _fit_affine(xy, np.column_stack([xi, eta])), ra_c, dec_c, xi, eta
+
+
 def _match_nearest(pred: np.ndarray, tree: cKDTree, radius: float) -> tuple[np.ndarray, np.ndarray]:
     """Unique (i, j) pairs: detection i's nearest catalogue star j within radius and i
     the closest of the detections claiming j."""
@@ -426,13 +437,8 @@ def _finish(a: complex, b: complex, flip: bool, det, det_index, cat, cat_index, 
     ra_c, dec_c = float(ra_c), float(dec_c)
     radius = verify_r
     for _ in range(4):
-        ra_m, dec_m = radec[cat_index[:m_use][j], 0], radec[cat_index[:m_use][j], 1]
-        xi, eta, _ = gnomonic(ra_m, dec_m, ra_c, dec_c)
-        m = _fit_affine(zc[i], np.column_stack([xi, eta]))
-        # move the tangent point to the frame centre
-        ra_c, dec_c = (float(v) for v in inverse_gnomonic(m[2, 0], m[2, 1], ra_c, dec_c))
-        xi, eta, _ = gnomonic(ra_m, dec_m, ra_c, dec_c)
-        m = _fit_affine(zc[i], np.column_stack([xi, eta]))
+        m, ra_c, dec_c, xi, eta = _affine_at_centre(zc[i], radec[cat_index[:m_use][j]],
+                                                    ra_c, dec_c)
         cd = m[:2].T
         # re-match all detections through this WCS with a shrinking radius
         xi_all, eta_all, front = gnomonic(radec[cat_index[:m_use], 0], radec[cat_index[:m_use], 1],
@@ -446,12 +452,7 @@ def _finish(a: complex, b: complex, flip: bool, det, det_index, cat, cat_index, 
         i, j = _match_nearest(zc, cKDTree(pix), radius)
         if len(i) < 4:
             return None
-    ra_m, dec_m = radec[cat_index[:m_use][j], 0], radec[cat_index[:m_use][j], 1]
-    xi, eta, _ = gnomonic(ra_m, dec_m, ra_c, dec_c)
-    m = _fit_affine(zc[i], np.column_stack([xi, eta]))
-    ra_c, dec_c = (float(v) for v in inverse_gnomonic(m[2, 0], m[2, 1], ra_c, dec_c))
-    xi, eta, _ = gnomonic(ra_m, dec_m, ra_c, dec_c)
-    m = _fit_affine(zc[i], np.column_stack([xi, eta]))
+    m, ra_c, dec_c, xi, eta = _affine_at_centre(zc[i], radec[cat_index[:m_use][j]], ra_c, dec_c)
     cd = m[:2].T
     resid = np.hypot(*(zc[i] @ m[:2] + m[2] - np.column_stack([xi, eta])).T) / scale_deg
     wcs = tan_wcs((ra_c, dec_c), crpix, cd)

@@ -71,7 +71,6 @@ from gppy.catalogs.tables import (DEC_NAMES, RA_NAMES, degrees, find_column, flo
 from gppy.catalogs.tiles import (DEFAULT_TIMEOUT_S, VIZIER_SERVER_ENV, CatalogError, TileColumn,
                                  VizierTable, forget_failures, tile_order, tiles_for_cone)
 from gppy.catalogs.tiles import field_text as _field
-from gppy.catalogs.tiles import tile_circle as _tile_circle  # noqa: F401 (tests use it)
 
 DEFAULT_INDEX_DIRS = (tycho.DEFAULT_INDEX_DIR,)   # as gppy.settings' default
 

@@ -231,6 +231,19 @@ def _as_catalog(radec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return arr[:, 0], arr[:, 1], np.full(len(arr), np.nan)
 
 
+def _planes(det_ra, det_dec, cat_ra, cat_dec, crval, scale_deg: float, good_det: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Detections and catalogue stars on the tangent plane at `crval`, in pixels;
+    those that cannot be matched (behind the plane, not finite, not good) far away."""
+    xi_d, eta_d, _ = gnomonic(det_ra, det_dec, *crval)
+    xi_c, eta_c, front = gnomonic(cat_ra, cat_dec, *crval)
+    det_plane = np.column_stack([xi_d, eta_d]) / scale_deg
+    cat_plane = np.column_stack([xi_c, eta_c]) / scale_deg
+    cat_plane[~front] = 1e12
+    det_plane[~(np.isfinite(det_plane).all(axis=1) & good_det)] = -1e12
+    return det_plane, cat_plane
+
+
 def _cross_match(det_plane: np.ndarray, cat_plane: np.ndarray, cat_mag: np.ndarray,
                  radius: float) -> tuple[np.ndarray, np.ndarray]:
     """(detection index, catalogue index) pairs, unique and unambiguous (see the
@@ -327,12 +340,8 @@ def refine(wcs: WCS, xy, radec, shape: tuple[int, int], sip_order: int, *,
     used = np.zeros(0, bool)
     i = j = np.zeros(0, int)
     for it in range(1, max_iter + 1):
-        xi_d, eta_d, _ = gnomonic(det_ra, det_dec, *crval)
-        xi_c, eta_c, front = gnomonic(ra_c[cat_idx], dec_c[cat_idx], *crval)
-        det_plane = np.column_stack([xi_d, eta_d]) / scale_deg
-        cat_plane = np.column_stack([xi_c, eta_c]) / scale_deg
-        cat_plane[~front] = 1e12
-        det_plane[~(np.isfinite(det_plane).all(axis=1) & good_det)] = -1e12
+        det_plane, cat_plane = _planes(det_ra, det_dec, ra_c[cat_idx], dec_c[cat_idx], crval,
+                                       scale_deg, good_det)
         i, jl = _cross_match(det_plane, cat_plane, mag_c[cat_idx], radius)
         j = cat_idx[jl]
         if len(i) < MIN_FIT_STARS:
@@ -408,12 +417,8 @@ def _check_only(wcs, xy, good_det, ra_c, dec_c, mag_c, cat_idx, det_ra, det_dec,
                 scale_deg, requested, radius_px, min_radius_px, clip_sigma, max_iter
                 ) -> RefineStats:
     """Stats of an existing WCS against the catalogue (refine(..., fit=False))."""
-    xi_d, eta_d, _ = gnomonic(det_ra, det_dec, *crval)
-    xi_c, eta_c, front = gnomonic(ra_c[cat_idx], dec_c[cat_idx], *crval)
-    det_plane = np.column_stack([xi_d, eta_d]) / scale_deg
-    cat_plane = np.column_stack([xi_c, eta_c]) / scale_deg
-    cat_plane[~front] = 1e12
-    det_plane[~(np.isfinite(det_plane).all(axis=1) & good_det)] = -1e12
+    det_plane, cat_plane = _planes(det_ra, det_dec, ra_c[cat_idx], dec_c[cat_idx], crval,
+                                   scale_deg, good_det)
     radius, prev, converged, it = float(radius_px), None, False, 0
     i = jl = np.zeros(0, int)
     used = np.zeros(0, bool)

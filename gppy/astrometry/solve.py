@@ -26,7 +26,6 @@ from gppy.astrometry import solvefield
 from gppy.astrometry.match import catalog_radius_deg, match_pattern
 from gppy.astrometry.refine import refine
 from gppy.astrometry.sources import detect
-from gppy.astrometry.wcsio import celestial_wcs
 from gppy.errors import InputError
 from gppy.settings import AstrometrySettings
 

@@ -81,19 +81,23 @@ def options_for(profile: Profile, settings: AstrometrySettings, **kw) -> Options
 def solve_calibrated(calib: Path, rec: FrameRecord, profile: Profile, refstars,
                      options: Options) -> AstrometryResult:
     """Solve one Calib file and write its WCS and quality into it (atomically)."""
-    with fits.open(calib, memmap=False) as hdul:
-        frame = Frame(hdul[0].data.astype(np.float32), hdul["MASK"].data, hdul["ERR"].data,
-                      profile.camera.pixscale_arcsec, rec.ra, rec.dec,
-                      celestial_wcs(hdul[0].header))
+    hdus = _read(calib)
+    frame = Frame(hdus[0].data.astype(np.float32), hdus["MASK"].data, hdus["ERR"].data,
+                  profile.camera.pixscale_arcsec, rec.ra, rec.dec, celestial_wcs(hdus[0].header))
     result = solve(frame, refstars, options)
     if result.solved:
-        _write(calib, result)
+        _write(calib, result, hdus)
     return result
 
 
-def _write(calib: Path, result: AstrometryResult) -> None:
+def _read(calib: Path) -> fits.HDUList:
     with fits.open(calib, memmap=False) as hdul:
-        hdus = fits.HDUList([h.copy() for h in hdul])
+        return fits.HDUList([h.copy() for h in hdul])
+
+
+def _write(calib: Path, result: AstrometryResult, hdus: fits.HDUList | None = None) -> None:
+    """Put `result` into the Calib file's header (`hdus`: the file as read, if at hand)."""
+    hdus = hdus if hdus is not None else _read(calib)
     write_solution(hdus[0].header, result.wcs, result.quality())
     write_atomic(calib, hdus)
 

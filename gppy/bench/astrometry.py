@@ -91,6 +91,28 @@ def write_calibrated(truth, frame: dict, raw_file: Path, profile, out: Path) -> 
                   fits.ImageHDU(err.astype(np.float32), name="ERR")]).writeto(out, overwrite=True)
 
 
+def calibrated_frames(tmp: Path, args, profile, band: str):
+    """Simulate `args.frames` science frames of `args.obs` in `band` (`args.size`,
+    `args.seed`) into `tmp`, saying so, and write each as a Calib-like file
+    (`write_calibrated`): (Truth, [(frame record, calibrated file)])."""
+    from gppy.bench.cosmics import simulate_frames
+
+    pixscale = profile.camera.pixscale_arcsec
+    fov = args.size * pixscale / 60.0
+    print(f"simulating {args.frames} {args.obs} {band} science frame(s) of {args.size} x "
+          f"{args.size} ({fov:.1f}' at {pixscale}\"/px, seed {args.seed}) in {tmp} ...",
+          flush=True)
+    truth, frames = simulate_frames(tmp, args.size, args.frames, args.seed, args.obs, band,
+                                    processes=2)
+    out = []
+    for frame in frames:
+        image_file = tmp / f"calib-{frame['seq']}.fits"
+        write_calibrated(truth, frame, tmp / truth.meta["raw_folder"] / frame["file"], profile,
+                         image_file)
+        out.append((frame, image_file))
+    return truth, out
+
+
 def field_stars(refcat: Path, ra_deg: float, dec_deg: float, radius_deg: float, profile,
                 cache_dir: Path):
     """The reference stars of the field from the simulator's catalogue file."""
@@ -236,7 +258,6 @@ def run(args) -> int:
     from gppy.astrometry.match import catalog_radius_deg
     from gppy.astrometry.refine import refine
     from gppy.astrometry.sources import detect
-    from gppy.bench.cosmics import simulate_frames
     from gppy.obsconfig.loader import load_profile
     from gppy.settings import load_settings
     from gppy.sim.command import default_bands
@@ -256,18 +277,10 @@ def run(args) -> int:
     per_frame, peer_cmd = [], []
     with tempfile.TemporaryDirectory(prefix="gppy-bench-astrometry-") as tmp:
         tmp = Path(tmp)
-        fov = args.size * pixscale / 60.0
-        print(f"simulating {args.frames} {args.obs} {band} science frame(s) of {args.size} x "
-              f"{args.size} ({fov:.1f}' at {pixscale}\"/px, seed {args.seed}) in {tmp} ...",
-              flush=True)
-        truth, frames = simulate_frames(tmp, args.size, args.frames, args.seed, args.obs, band,
-                                        processes=2)
+        truth, frames = calibrated_frames(tmp, args, profile, band)
         shape = truth.shape
         refcat = tmp / "refcat.ecsv"
-        for frame in frames:
-            image_file = tmp / f"calib-{frame['seq']}.fits"
-            write_calibrated(truth, frame, tmp / truth.meta["raw_folder"] / frame["file"],
-                             profile, image_file)
+        for frame, image_file in frames:
             ra, dec = frame["ra_cmd_deg"], frame["dec_cmd_deg"]
             radius = catalog_radius_deg(shape, pixscale)
             job = {"obs": args.obs, "image": str(image_file), "refcat": str(refcat),

@@ -263,8 +263,7 @@ def run(args) -> int:
 
     from astropy import log
 
-    from gppy.bench.astrometry import write_calibrated
-    from gppy.bench.cosmics import simulate_frames
+    from gppy.bench.astrometry import calibrated_frames
     from gppy.obsconfig.loader import load_profile
     from gppy.sim.command import default_bands
 
@@ -278,16 +277,8 @@ def run(args) -> int:
     devs, err_devs, sky_devs, per_frame = [], [], [], []
     with tempfile.TemporaryDirectory(prefix="gppy-bench-phot-") as tmp:
         tmp = Path(tmp)
-        fov = args.size * pixscale / 60.0
-        print(f"simulating {args.frames} {args.obs} {band} science frame(s) of {args.size} x "
-              f"{args.size} ({fov:.1f}' at {pixscale}\"/px, seed {args.seed}) in {tmp} ...",
-              flush=True)
-        truth, frames = simulate_frames(tmp, args.size, args.frames, args.seed, args.obs, band,
-                                        processes=2)
-        for frame in frames:
-            image_file = tmp / f"calib-{frame['seq']}.fits"
-            write_calibrated(truth, frame, tmp / truth.meta["raw_folder"] / frame["file"],
-                             profile, image_file)
+        truth, frames = calibrated_frames(tmp, args, profile, band)
+        for frame, image_file in frames:
             job = {"obs": args.obs, "image": str(image_file), "refcat": str(tmp / "refcat.ecsv"),
                    "band": frame["filter"], "exptime_s": float(frame["exptime_s"]),
                    "wcs": truth.wcs(frame["file"]).to_header_string(relax=True),

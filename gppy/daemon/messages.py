@@ -10,6 +10,14 @@ from gppy.daemon.slack import escape
 MAX_LISTED = 10  # files named in one message; the rest are counted
 
 
+# what goes wrong in a night, listed file by file under these titles
+LISTED = (("masters_failed", "Masters that could not be built:"),
+          ("failed", "Frames that failed:"),
+          ("unsolved", "Frames without astrometry:"),
+          ("phot_failed", "Frames without photometry:"),
+          ("skipped", "Files skipped:"))
+
+
 def _listed(items: dict[str, str]) -> list[str]:
     lines = [f"  • {escape(Path(f).name)}: {escape(str(why))}"
              for f, why in sorted(items.items())[:MAX_LISTED]]
@@ -63,21 +71,10 @@ def done(obs: str, night: str, event: dict) -> str:
         lines.append(f"Borrowed the {kind} from night {', '.join(nights)}.")
     for why, n in sorted(event["uncalibrated"].items()):
         lines.append(f"{n} frames not calibrated: {escape(why)}.")
-    if event["masters_failed"]:
-        lines.append("Masters that could not be built:")
-        lines += _listed(event["masters_failed"])
-    if event["failed"]:
-        lines.append("Frames that failed:")
-        lines += _listed(event["failed"])
-    if event["unsolved"]:
-        lines.append("Frames without astrometry:")
-        lines += _listed(event["unsolved"])
-    if event["phot_failed"]:
-        lines.append("Frames without photometry:")
-        lines += _listed(event["phot_failed"])
-    if event["skipped"]:
-        lines.append("Files skipped:")
-        lines += _listed(event["skipped"])
+    for key, title in LISTED:
+        if event[key]:
+            lines.append(title)
+            lines += _listed(event[key])
     lines.append(f"Products: `{escape(event['products'])}`")
     return "\n".join(lines)
 

@@ -281,18 +281,27 @@ def _calibrate(ledger: Ledger, night_id: int, plan: NightPlan, profile: Profile,
     return report
 
 
+def _done_after(ledger: Ledger, plan: NightPlan, step_name: str
+                ) -> list[tuple[int, FrameRecord, Path, dict]]:
+    """(frame id, record, Calib file, the step's info) of the science frames whose
+    `step_name` is done and whose Calib file exists."""
+    out = []
+    for rec in plan.science:
+        frame_id = ledger.frame_by_path(rec.file)["id"]
+        calib, step = ledger.step(frame_id, CALIBRATE_STEP), ledger.step(frame_id, step_name)
+        if step is not None and step["status"] == "done" and calib is not None:
+            output = Path(json.loads(calib["info_json"])["output"])
+            if output.exists():
+                out.append((frame_id, rec, output, json.loads(step["info_json"])))
+    return out
+
+
 def _astrometry(ledger: Ledger, plan: NightPlan, profile: Profile, settings: AstrometrySettings,
                 data: DataDir, ncores: int, force: bool, log,
                 should_stop: Callable[[], bool]) -> AstrometryReport:
     """Solve every calibrated science frame (see gppy.astrometry.stage)."""
-    jobs = []
-    for rec in plan.science:
-        frame_id = ledger.frame_by_path(rec.file)["id"]
-        step = ledger.step(frame_id, CALIBRATE_STEP)
-        if step is not None and step["status"] == "done":
-            info = json.loads(step["info_json"])
-            if Path(info["output"]).exists():
-                jobs.append((frame_id, rec, Path(info["output"]), info["signature"]))
+    jobs = [(frame_id, rec, calib, info["signature"])
+            for frame_id, rec, calib, info in _done_after(ledger, plan, CALIBRATE_STEP)]
     return astrometry_stage.run(jobs, profile, settings, data.catalog_cache, ledger, ncores,
                                 force, log, should_stop)
 
@@ -301,16 +310,8 @@ def _photometry(ledger: Ledger, plan: NightPlan, profile: Profile, settings: Ast
                 data: DataDir, ncores: int, force: bool, log, should_stop: Callable[[], bool],
                 out_dir: Path) -> PhotReport:
     """Measure every solved frame (see gppy.phot.stage)."""
-    jobs = []
-    for rec in plan.science:
-        frame_id = ledger.frame_by_path(rec.file)["id"]
-        step = ledger.step(frame_id, ASTROMETRY_STEP)
-        calib = ledger.step(frame_id, CALIBRATE_STEP)
-        if step is not None and step["status"] == "done" and calib is not None:
-            output = Path(json.loads(calib["info_json"])["output"])
-            if output.exists():
-                upstream = phot_stage.upstream_signature(json.loads(step["info_json"]))
-                jobs.append((frame_id, rec, output, upstream))
+    jobs = [(frame_id, rec, calib, phot_stage.upstream_signature(info))
+            for frame_id, rec, calib, info in _done_after(ledger, plan, ASTROMETRY_STEP)]
     return phot_stage.run(jobs, profile, settings, data.catalog_cache, ledger, ncores, force,
                           log, should_stop, out_dir)
 

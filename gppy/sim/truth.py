@@ -159,14 +159,9 @@ class Truth:
         return wcs_from_cards(cards)
 
     def wcs_error_px(self, file: str, wcs: WCS, grid: int = 21) -> np.ndarray:
-        """How far (px) `wcs` puts the sky from where the true WCS of `file` has it,
-        on a `grid` x `grid` lattice over the frame, edges and corners included."""
-        ny, nx = self.shape
-        gx, gy = (a.ravel() for a in np.meshgrid(np.linspace(0, nx - 1, grid),
-                                                np.linspace(0, ny - 1, grid)))
-        ra, dec = wcs.all_pix2world(gx, gy, 0)
-        x, y = self.wcs(file).all_world2pix(ra, dec, 0, tolerance=1e-8, maxiter=50)
-        return np.hypot(x - gx, y - gy)
+        """How far (px) `wcs` puts the sky from where the true WCS of `file` has it
+        (see `wcs_error_px`)."""
+        return wcs_error_px(wcs, self.wcs(file), self.shape, grid)
 
     def noise_free(self, file: str, calibrated: bool = True) -> np.ndarray:
         """The frame without noise, cosmic rays or saturation: calibrated (ADU per
@@ -183,6 +178,21 @@ class Truth:
                 if hdu.header.get("FILE") == name:
                     return hdu.data.astype(bool)
         raise KeyError(f"{name} has no cosmic-ray mask in {self.dir}")
+
+
+def wcs_error_px(wcs: WCS, true_wcs: WCS, shape: tuple[int, int], grid: int = 21,
+                 transform=None) -> np.ndarray:
+    """|true pixel - pixel| on a `grid` x `grid` lattice spanning a frame of `shape`
+    (edges and corners included), after pixel -> sky with `wcs` -> pixel with
+    `true_wcs`; `transform` maps the lattice to the true frame's pixels (for rotated
+    or mirrored images)."""
+    ny, nx = shape
+    gx, gy = (a.ravel() for a in np.meshgrid(np.linspace(0, nx - 1, grid),
+                                            np.linspace(0, ny - 1, grid)))
+    ra, dec = wcs.all_pix2world(gx, gy, 0)
+    x, y = true_wcs.all_world2pix(ra, dec, 0, tolerance=1e-10, maxiter=100)
+    ex, ey = (gx, gy) if transform is None else transform(gx, gy)
+    return np.hypot(x - ex, y - ey)
 
 
 def load_truth(outdir: str | Path, night_folder: str) -> Truth:

@@ -26,7 +26,6 @@ n_candidates, and the other QA values (see gppy.transient.subtract.quality).
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path

@@ -506,7 +506,7 @@ def fit_kernel(target, conv, var_t, var_c, xs, ys, basis: Basis, s: int, params,
     P = poly_terms(xs, ys, sdeg, shape).T     # (S, np)
     Q = poly_terms(xs, ys, bdeg, shape).T     # (S, nq)
     nb = basis.n
-    n_sp, n_bg = P.shape[1], Q.shape[1]
+    n_sp = P.shape[1]
     # global parameter layout: [a0, a(k=1..nb-1, p), c(q)]
     groups = [(slice(0, 1), np.ones((n, 1))), (slice(1, nb), P), (slice(nb, nb + 1), Q)]
 
