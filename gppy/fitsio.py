@@ -7,7 +7,6 @@ truncated (for example still being uploaded) or without image data raises
 
 from __future__ import annotations
 
-import gzip
 import os
 import tempfile
 import warnings

@@ -65,10 +65,11 @@ class SimulatedFrame:
 
 
 def simulate_nights(out: Path, obs: str, size: int | None, nights: int = 1, nscience: int = 2,
-                    seed: int = 7, n_fields: int = 1, render: bool = True, n_bands: int = 2):
+                    seed: int = 7, n_fields: int = 1, render: bool = True, n_bands: int = 2,
+                    **run):
     """(out, [Truth per night]) of a simulated run written under `out` (without the
     raw frames when not `render`), in the first `n_bands` of the simulator's two
-    default bands."""
+    default bands; `run`: further RunConfig fields (n_transients, field_psf, ...)."""
     import datetime as dt
 
     from gppy.obsconfig.loader import load_profile
@@ -82,7 +83,7 @@ def simulate_nights(out: Path, obs: str, size: int | None, nights: int = 1, nsci
     cfg = RunConfig(profile=profile, seed=seed, shape=shape,
                     bands=default_bands(profile.camera.filters)[:n_bands],
                     first_night=dt.date(2024, 3, 14), n_nights=nights, n_fields=n_fields,
-                    nscience=nscience, exptime_s=120.0)
+                    nscience=nscience, exptime_s=120.0, **run)
     folders = simulate(cfg, out, processes=2, render=render)
     return out, [Truth.load(truth_dir(out, f.name)) for f in folders]
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import fits
+from astropy.table import Table
 from astropy.wcs import WCS
 
 from conftest import real_data, simulate_nights, wait_for
@@ -48,8 +49,9 @@ STARS_MAX = 1.3                 # ... around stars
 def _print_qa(label: str, qa: dict) -> None:
     keys = ("convolved", "fwhm_sci_px", "fwhm_ref_px", "n_stamps_used", "spatial_degree",
             "resid_std_blank", "resid_std_stars", "resid_std_stars_p90", "n_qa_stars",
-            "flux_ratio", "flux_ratio_expected", "flux_ratio_source", "n_candidates",
-            "n_negative", "n_dipoles", "aperture_noise_factor", "seconds")
+            "flux_ratio", "flux_ratio_expected", "flux_ratio_source", "n_blobs",
+            "n_negative", "n_dipoles", "n_candidates", "n_variables", "n_bogus",
+            "aperture_noise_factor", "seconds")
     print(f"\n{label}: " + ", ".join(f"{k} {qa.get(k)}" for k in keys))
 
 
@@ -138,7 +140,7 @@ def test_builtin_engine_on_a_synthetic_pair(synthetic):
     # kernel's reach, and the kernel sum falls short of the total flux ratio by that much
     assert res.qa["flux_ratio"] == pytest.approx(0.9, rel=0.02)
     assert abs(res.qa["flux_ratio_offset"]) < 0.02 and res.qa["flux_ratio_source"] == "zp"
-    assert res.qa["n_dipoles"] == 0 and res.qa["n_candidates"] <= 3
+    assert res.qa["n_dipoles"] == 0 and res.qa["n_blobs"] <= 3
     # the kernel: an image summing to the flux ratio; masks grown, border NO_DATA
     assert res.kernel.ndim == 2 and res.kernel.shape[0] % 2 == 1
     assert res.kernel.sum() == pytest.approx(res.qa["kernel_sum"], rel=1e-4)
@@ -155,7 +157,7 @@ def test_builtin_engine_on_a_synthetic_pair(synthetic):
     print(f"transient: {flux:.0f} +- {err:.0f} e- (true {tflux:.0f}, S/N {flux / err:.1f})")
     assert 12 < flux / err < 40
     assert flux == pytest.approx(tflux, rel=0.10)
-    assert res.qa["n_candidates"] >= 1
+    assert res.qa["n_blobs"] >= 1
     # the header cards
     cards = {k: v for k, v, _ in qa_cards(res.qa)}
     assert cards["SUBENGIN"] == "builtin" and cards["SUBCONV"] == "ref"
@@ -322,12 +324,20 @@ def test_bosque_alegre_pair_leaves_noise(tmp_path):
     assert not row["resampled"]
     assert 0.85 <= row["resid_std_blank"] <= 1.15
     assert row["resid_std_stars"] <= 1.6
-    assert row["n_candidates"] <= 5 and row["n_negative"] <= 8
+    assert row["n_blobs"] <= 5 and row["n_negative"] <= 8
     assert row["flux_ratio"] == pytest.approx(row["flux_ratio_stars"], rel=0.02)
     with fits.open(row["diff"]) as hdul:
         assert [h.name for h in hdul] == ["PRIMARY", "MASK", "ERR", "KERNEL"]
         assert (hdul["MASK"].data & 8).any()             # the saturated stars
         assert hdul[0].header["SUBNCAND"] == row["n_candidates"]
+    # issue 7: the candidate list is empty or nearly so
+    cands = Table.read(row["candidates"])
+    print(f"Bosque Alegre pair: {row['n_candidates']} candidates, {row['n_variables']} "
+          f"variable stars, {row['n_bogus']} rejected detections")
+    for c in cands:
+        print(f"  {c['cls']} x {c['x']:.1f} y {c['y']:.1f} S/N {c['snr']:.1f} {c['reasons']}")
+    assert len(cands) == row["n_candidates"] + row["n_variables"] + row["n_bogus"]
+    assert row["n_candidates"] <= 1
 
 
 # ------------------------------------------------------------------ simulated LOAO nights

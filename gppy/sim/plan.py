@@ -63,6 +63,11 @@ class RunConfig:
     n_bias: int = 5
     n_flat: int = 5                  # per band
     darks_per_exptime: int = 3
+    n_transients: int = 8            # per field, appearing from the second night
+    transient_faint_mag: float = -0.3  # faintest peak, relative to a frame's 5-sigma depth
+    # PSF change across the field (FWHM growth, radial ellipticity at the detector's
+    # half-diagonal); None: drawn from the seed, 3-10 % and 0.02-0.06
+    field_psf: tuple[float, float] | None = None
 
     @cached_property
     def telescope(self) -> Telescope:
@@ -178,6 +183,8 @@ class _NightPlanner:
         self.rng = rng = stream(cfg.seed, "night", night_index)
         self.half_diag_px = 0.5 * math.hypot(*self.cam.detector_px)
         growth, radial_e = stream(cfg.seed, "psf-field").uniform((0.03, 0.02), (0.10, 0.06))
+        if cfg.field_psf is not None:
+            growth, radial_e = cfg.field_psf
         self.static_psf = {"field_growth": float(growth), "field_ellipticity": float(radial_e),
                            "norm_radius_px": self.half_diag_px}
         self.seeing_arcsec = self.tel.seeing_arcsec * float(rng.lognormal(0.0, 0.15))

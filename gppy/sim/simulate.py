@@ -130,7 +130,7 @@ def simulate(cfg: RunConfig, outdir: str | Path, processes: int | None = None,
         s = sky.stars(fld, cfg.seed, outer, depth + STAR_DEPTH_MARGIN_MAG, all_bands, cam.kind)
         g = sky.galaxies(fld, cfg.seed, outer, depth + GALAXY_DEPTH_MARGIN_MAG, all_bands, cam.kind)
         t = sky.transients(fld, cfg.seed, s, g, inner, depth, cfg.telescope.seeing_arcsec,
-                           cfg.n_nights)
+                           cfg.n_nights, cfg.n_transients, cfg.transient_faint_mag)
         stars.append(s)
         galaxies.append(g)
         transients.append(t)

@@ -34,6 +34,7 @@ from astropy.table import Table
 from gppy.obsconfig.headers import parse_angle
 from gppy.sim import bands as bandlib
 from gppy.astrometry import tycho
+from gppy.catalogs.tiles import sep_deg
 from gppy.sim.pointing import spherical_offset
 from gppy.sim.psf import sersic_extent
 from gppy.sim.seeds import stream
@@ -173,6 +174,10 @@ def galaxies(field: Field, seed: int, radius_deg: float, faint_mag: float,
     return _with_magnitudes(table, band_names, kind)
 
 
+MIN_TRANSIENT_SEP_FWHM = 5.0
+PLACEMENT_ATTEMPTS = 20
+
+
 def _near(rng, ra, dec, sep_arcsec_range):
     pa = rng.uniform(0, 360)
     sep = rng.uniform(*sep_arcsec_range) / 3600.0
@@ -182,9 +187,12 @@ def _near(rng, ra, dec, sep_arcsec_range):
 
 def transients(field: Field, seed: int, star_table: Table, galaxy_table: Table,
                inner_radius_deg: float, depth_mag: float, fwhm_arcsec: float,
-               n_nights: int) -> Table:
-    """Transients of a field (none unless n_nights >= 2): position, kind, the
-    source they sit on or beside, first night (index), peak V and decline rate."""
+               n_nights: int, n: int = 8, faint_mag: float = -0.3) -> Table:
+    """`n` transients of a field (none unless n_nights >= 2), 3/8 of them on
+    galaxies (the first on the field's target galaxy), 3/8 beside stars of 13-17 mag
+    (1.2-2.5 FWHM away), the rest anywhere: position, kind, the source they sit on
+    or beside, first night (index), peak V (uniform from 4.5 mag brighter than the
+    frame depth `depth_mag` to `faint_mag` relative to it) and decline rate."""
     rng = stream(seed, "transients", field.name)
     columns = ("id", "field", "ra", "dec", "kind", "near", "first_night",
                "vmag_peak_ab", "decline_mag_per_day", "temperature_k")
@@ -202,23 +210,45 @@ def transients(field: Field, seed: int, star_table: Table, galaxy_table: Table,
         neighbours = inner(star_table, 13.0, 17.0)
         target = galaxy_table[0]
         placed: list[tuple[str, float, float, str]] = []
-        for i in range(3):
+
+        def on_galaxy(i):
             host = target if i == 0 or len(hosts) == 0 else hosts[rng.integers(len(hosts))]
             r_eff = host["r_eff_arcsec"] * rng.uniform(0.3, 1.5)
-            placed.append(("galaxy", *_near(rng, host["ra"], host["dec"], (0.2 * r_eff, r_eff)),
-                           host["id"]))
-        for _ in range(3):
-            if len(neighbours):
-                star = neighbours[rng.integers(len(neighbours))]
-                placed.append(("star", *_near(rng, star["ra"], star["dec"],
-                                              (1.2 * fwhm_arcsec, 2.5 * fwhm_arcsec)), star["id"]))
-        for _ in range(2):
+            return (*_near(rng, host["ra"], host["dec"], (0.2 * r_eff, r_eff)), host["id"])
+
+        def beside_star(_):
+            star = neighbours[rng.integers(len(neighbours))]
+            return (*_near(rng, star["ra"], star["dec"], (1.2 * fwhm_arcsec, 2.5 * fwhm_arcsec)),
+                    star["id"])
+
+        def anywhere(_):
             ra, dec = random_in_cap(rng, field.ra_deg, field.dec_deg, inner_radius_deg, 1)
-            placed.append(("field", float(ra[0]), float(dec[0]), "-"))
+            return float(ra[0]), float(dec[0]), "-"
+
+        # transients stay MIN_TRANSIENT_SEP_FWHM apart (each measurable on its own): a
+        # place taken on a galaxy or beside a star is drawn again, then anywhere
+        min_sep_deg = MIN_TRANSIENT_SEP_FWHM * fwhm_arcsec / 3600.0
+
+        def free(ra, dec):
+            return not placed or sep_deg(*np.array([p[1:3] for p in placed]).T,
+                                         ra, dec).min() >= min_sep_deg
+
+        n_galaxy = n_star = round(3 * n / 8)
+        plan = ([("galaxy", on_galaxy)] * n_galaxy
+                + [("star", beside_star)] * (n_star if len(neighbours) else 0))
+        plan += [("field", anywhere)] * (n - len(plan))
+        for i, (kind, draw) in enumerate(plan):
+            for attempt in range(2 * PLACEMENT_ATTEMPTS):
+                if attempt == PLACEMENT_ATTEMPTS:
+                    kind, draw = "field", anywhere
+                ra, dec, near = draw(i)
+                if free(ra, dec):
+                    placed.append((kind, ra, dec, near))
+                    break
         for i, (kind, ra, dec, near) in enumerate(placed):
             rows.append((f"{field.name}:t{i:02d}", field.name, ra, dec, kind, near,
                          int(rng.integers(1, n_nights)),
-                         float(rng.uniform(depth_mag - 4.5, depth_mag - 0.3)),
+                         float(rng.uniform(depth_mag - 4.5, depth_mag + faint_mag)),
                          float(rng.uniform(-0.1, 0.3)), float(rng.uniform(6000, 15000))))
     dtypes = (str, str, float, float, str, str, int, float, float, float)
     return Table(rows=rows or None, names=columns, dtype=dtypes)

@@ -4,11 +4,16 @@ classes and a real/bogus score.
 Inputs (all on one pixel grid, pixel coordinates 0-based as in numpy):
   diff   D = science - (kernel ⊛ reference), electrons; its PSF is the science PSF
   noise  N, the 1-sigma noise of D per pixel (ERR of both images combined)
-  sci    the science image, ref the (resampled) reference image, electrons, with or
-         without their sky (a sep background is subtracted here); either may be None
+  sci    an image with the difference's PSF: the science image, or the reference
+         when the science was convolved to match it; ref the (resampled) reference
+         image; electrons, with or without their sky (a sep background is
+         subtracted here); either may be None
   mask   uint16 bit flags (gppy.reduction.flags.Pixel) of science and reference
          combined, nonzero = bad; bit 8 = saturated. None: nothing masked
-  wcs    the celestial WCS of the grid
+  wcs    the celestial WCS of the grid; None: no RA/Dec (NaN), no catalogue stars,
+         no other epochs, and reference stars matched within 0.5 FWHM
+  zp     the AB zero point of a point source's total flux in e-/s of sci; None:
+         no magnitudes (NaN)
 
 Detection. sep.extract (no further filtering, no cleaning, every pixel above
 threshold kept) on the matched-filter S/N image of D/N, sum(k D / N²) /
@@ -553,7 +558,8 @@ def _forced(epoch: Epoch, ra, dec, sigma_default, edge_px):
     return out
 
 
-def find_candidates(diff, noise, sci, ref, mask, wcs: WCS, *, fwhm_px: float, zp: float,
+def find_candidates(diff, noise, sci, ref, mask, wcs: WCS | None, *, fwhm_px: float,
+                    zp: float | None,
                     exptime_s: float, thresh_sigma: float = 5.0,
                     known_stars: Table | None = None,
                     other_epochs: list[Epoch] | None = None,
@@ -565,6 +571,7 @@ def find_candidates(diff, noise, sci, ref, mask, wcs: WCS, *, fwhm_px: float, zp
     masked_frac, sat_dist, near_saturated, star_sep_arcsec, star_mag, star_src,
     n_epochs_cover, n_epochs_seen). Sorted by |snr|, largest first."""
     p = params or CandidateParams()
+    zp = math.nan if zp is None else float(zp)
     sigma = fwhm_px / FWHM_PER_SIGMA
     fr = _frame(diff, noise, mask)
     sep.set_extract_pixstack(max(300_000, fr.data.size // 5))
@@ -608,11 +615,11 @@ def find_candidates(diff, noise, sci, ref, mask, wcs: WCS, *, fwhm_px: float, zp
     fwhm_ratio = col["fwhm"] / fwhm_psf
     ell = col["ellipticity"]
     x, y = col["x"], col["y"]
-    if n:
+    if n and wcs is not None:
         ra, dec = wcs.pixel_to_world_values(x, y)
         ra, dec = np.atleast_1d(ra).astype(float), np.atleast_1d(dec).astype(float)
     else:
-        ra, dec = np.zeros(0), np.zeros(0)
+        ra, dec = np.full(n, np.nan), np.full(n, np.nan)
 
     # dipoles: an opposite-sign detection close by with comparable flux
     counterpart = np.zeros(n, bool)
@@ -628,7 +635,7 @@ def find_candidates(diff, noise, sci, ref, mask, wcs: WCS, *, fwhm_px: float, zp
     star_sep = np.full(n, np.nan)
     star_mag = np.full(n, np.nan)
     star_src = np.array([""] * n, dtype="U9")
-    if n and known_stars is not None and len(known_stars):
+    if n and wcs is not None and known_stars is not None and len(known_stars):
         cand = SkyCoord(ra, dec, unit="deg")
         cat = SkyCoord(np.asarray(known_stars["ra"], float), np.asarray(known_stars["dec"], float),
                        unit="deg")
@@ -641,11 +648,15 @@ def find_candidates(diff, noise, sci, ref, mask, wcs: WCS, *, fwhm_px: float, zp
     if n and ref is not None:
         rx, ry, rmag = _reference_stars(ref, fr.bad, sigma, zp, exptime_s, p)
         if rx.size:
-            pix = abs(float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))))) * 3600.0
+            if wcs is not None:
+                pix = abs(float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))))) * 3600.0
+                radius = p.match_radius_arcsec
+            else:   # separations in pixels
+                pix, radius = 1.0, 0.5 * fwhm_px
             d = np.hypot(x[:, None] - rx[None, :], y[:, None] - ry[None, :]) * pix
             j = d.argmin(axis=1)
             dmin = d[np.arange(n), j]
-            hit = (dmin <= p.match_radius_arcsec) & (star_src == "")
+            hit = (dmin <= radius) & (star_src == "")
             star_sep[hit] = dmin[hit]
             star_mag[hit] = rmag[j[hit]]
             star_src[hit] = "reference"
@@ -694,7 +705,7 @@ def find_candidates(diff, noise, sci, ref, mask, wcs: WCS, *, fwhm_px: float, zp
     # other epochs of the night: absent where they cover the spot -> moving
     n_cover = np.zeros(n, int)
     n_seen = np.zeros(n, int)
-    if other_epochs and n:
+    if other_epochs and n and wcs is not None:
         cand_idx = np.nonzero(cls == "candidate")[0]
         if cand_idx.size:
             absent = np.ones(cand_idx.size, bool)
@@ -734,7 +745,7 @@ def find_candidates(diff, noise, sci, ref, mask, wcs: WCS, *, fwhm_px: float, zp
                    "THRESH": float(thresh_sigma), "NOISESCL": round(noise_scale, 4),
                    "ZP": float(zp),
                    "EXPTIME": float(exptime_s), "SHAPE": [int(v) for v in fr.shape],
-                   "WCSHDR": wcs.to_header_string(relax=True)})
+                   "WCSHDR": "" if wcs is None else wcs.to_header_string(relax=True)})
     return t
 
 

@@ -14,13 +14,20 @@ The expected flux ratio for the QA comes from the zero points when both headers
 have them: the total-flux zero point ZP_n - APCORn of the aperture ZPAPER (else
 ZP), in e-/s, times the exposure-time ratio.
 
+Candidates: gppy.transient.candidates on the difference (its PSF's FWHM from the
+QA, the science zero point and exposure time; without a WCS, positions in pixels
+only and no RA/Dec).
+
 Output (atomically): the difference in the science frame's electrons (primary
-HDU, the science header with the QA keywords SUB*), MASK (flags.Pixel bits),
-ERR (the difference's 1-sigma noise) and KERNEL (the kernel at the frame centre,
-builtin engine), named hd-<science name> in the current folder, or --out (a
-file, or an existing folder). With --json the last line of the output is one
-JSON object: diff, sci, ref, engine, seconds, resid_std_blank, resid_std_stars,
-n_candidates, and the other QA values (see gppy.transient.subtract.quality).
+HDU, the science header with the QA keywords SUB* and SUBNCAND, the number of
+candidates), MASK (flags.Pixel bits), ERR (the difference's 1-sigma noise) and
+KERNEL (the kernel at the frame centre, builtin engine), named hd-<science name>
+in the current folder, or --out (a file, or an existing folder); beside it
+hd-<science stem>.cand.ecsv, every detection with its class and reasons. With
+--json the last line of the output is one JSON object: diff, sci, ref, engine,
+seconds, resid_std_blank, resid_std_stars, n_candidates (class "candidate"),
+n_variables, n_bogus, candidates (the .cand.ecsv), and the other QA values (see
+gppy.transient.subtract.quality).
 """
 
 from __future__ import annotations
@@ -32,10 +39,11 @@ from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+from astropy.table import Table
 
 from gppy.astrometry.wcsio import celestial_wcs
 from gppy.errors import InputError
-from gppy.fitsio import BadFrame, read_header, write_atomic
+from gppy.fitsio import BadFrame, atomic_open, read_header, write_atomic
 from gppy.phot.calibrate import total_zero_point
 from gppy.reduction.flags import Pixel
 
@@ -83,8 +91,9 @@ def run(args) -> int:
               f"residual std {_fmt(row['resid_std_blank'])} (blank sky), "
               f"{_fmt(row['resid_std_stars'])} (stars), flux ratio {_fmt(row.get('flux_ratio'))} "
               f"(expected {_fmt(row.get('flux_ratio_expected'))}, "
-              f"{row.get('flux_ratio_source')}), {row['n_candidates']} blobs at S/N >= 5, "
-              f"{row['seconds']:.1f} s", flush=True)
+              f"{row.get('flux_ratio_source')}), {row['n_candidates']} candidates "
+              f"({row['n_variables']} variable stars, {row['n_bogus']} rejected; "
+              f"{row['candidates']}), {row['seconds']:.1f} s", flush=True)
     return 0
 
 
@@ -173,7 +182,7 @@ class OnGrid:
     noise: np.ndarray
     mask: np.ndarray
     wcs: object               # the science frame's celestial WCS (None without one)
-    fwhm_diff_px: float | None  # the difference's PSF (the blurrier frame's)
+    candidates: Table         # gppy.transient.candidates.find_candidates
 
 
 def subtract_files(sci: Path, ref: Path, **kwargs) -> dict:
@@ -217,6 +226,7 @@ def difference(sci: Path, ref: Path, *, engine: str = "builtin", out: Path | Non
     result = subtract(s, r, sci_mask=ms, ref_mask=mr, sci_err=es, ref_err=er, engine=engine,
                       **options)
     path = output_path(sci, out)
+    cands = _candidates(result, s, r, ws, hs, gs, sci)
     header = hs.copy()
     for key in ("BSCALE", "BZERO", "BLANK"):
         header.remove(key, ignore_missing=True)
@@ -224,6 +234,8 @@ def difference(sci: Path, ref: Path, *, engine: str = "builtin", out: Path | Non
     header["SUBSCI"] = (sci.name[-68:], "science frame")
     header["SUBREF"] = (ref.name[-68:], "reference frame")
     header["SUBRESAM"] = (resampled, "reference resampled onto the science grid")
+    n_cands = int(np.count_nonzero(cands["cls"] == "candidate"))
+    header["SUBNCAND"] = (n_cands, "transient candidates (class candidate)")
     for key, value, comment in [*qa_cards(result.qa), *cards]:
         header[key] = (value, comment)
     hdus = [fits.PrimaryHDU(result.diff.astype(np.float32), header=header),
@@ -234,9 +246,14 @@ def difference(sci: Path, ref: Path, *, engine: str = "builtin", out: Path | Non
         hdus.append(fits.ImageHDU(result.kernel.astype(np.float32), name="KERNEL"))
         hdus[3].header["COMMENT"] = "kernel at the frame centre (convolution)"
     write_atomic(path, fits.HDUList(hdus))
+    cand_path = path.with_name(path.name.rsplit(".", 1)[0] + ".cand.ecsv")
+    with atomic_open(cand_path, "w") as fh:
+        cands.write(fh, format="ascii.ecsv")
     row = {"diff": str(path), "sci": str(sci), "ref": str(ref), "engine": result.engine,
            "seconds": round(result.seconds, 3), "total_seconds": round(time.monotonic() - start, 3),
-           "resampled": resampled}
+           "resampled": resampled, "candidates": str(cand_path), "n_candidates": n_cands,
+           "n_variables": int(np.count_nonzero(cands["cls"] == "variable")),
+           "n_bogus": int(np.count_nonzero(cands["cls"] == "bogus"))}
     for key, value in result.qa.items():
         if key in row:
             continue
@@ -245,8 +262,29 @@ def difference(sci: Path, ref: Path, *, engine: str = "builtin", out: Path | Non
         elif isinstance(value, np.integer):
             value = int(value)
         row[key] = value
-    for key in ("resid_std_blank", "resid_std_stars", "n_candidates"):
+    for key in ("resid_std_blank", "resid_std_stars"):
         row.setdefault(key, None)
-    fwhm = result.qa.get("fwhm_diff_px")
-    return row, OnGrid(s, r, result.diff, result.noise, result.mask, ws,
-                       float(fwhm) if fwhm is not None and np.isfinite(fwhm) else None)
+    return row, OnGrid(s, r, result.diff, result.noise, result.mask, ws, cands)
+
+
+def _candidates(result, sci, ref, wcs, header, gain, sci_path: Path) -> Table:
+    """The candidates of a difference, with the science frame's zero point (e-/s).
+    The difference's PSF: its FWHM from the QA, else the science SEEING."""
+    from gppy.transient.candidates import find_candidates
+
+    fwhm_px = result.qa.get("fwhm_diff_px")
+    if (fwhm_px is None or not np.isfinite(fwhm_px) or fwhm_px <= 0) and wcs is not None \
+            and isinstance(header.get("SEEING"), (int, float)):
+        scale_arcsec = float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix)))) * 3600.0
+        fwhm_px = float(header["SEEING"]) / scale_arcsec
+    if fwhm_px is None or not np.isfinite(fwhm_px) or fwhm_px <= 0:
+        raise InputError(f"{sci_path}: no stars on the difference's grid to measure its PSF "
+                         "and no SEEING keyword: cannot search for candidates")
+    exptime = header.get("EXPTIME")
+    # the PSF and aperture correction of the candidates are those of the difference:
+    # the reference's when the science was convolved to match it
+    psf_image = ref if result.convolved == "sci" else sci
+    return find_candidates(result.diff, result.noise, psf_image, ref, result.mask, wcs,
+                           fwhm_px=float(fwhm_px), zp=total_zero_point(header, gain),
+                           exptime_s=float(exptime) if isinstance(exptime, (int, float))
+                           and exptime > 0 else 1.0)

@@ -52,17 +52,18 @@ pixels, bilinear to 2 x 2 (nothing grows on an exact integer shift). Output
 pixels whose centre falls outside the input are Pixel.NOCAL, with data and ERR 0.
 Input pixels outside the image (the kernel's edge taps) repeat the edge pixel.
 
-Speed and accuracy (`python -m gppy.transient.resample 2048`: a 2048 x 2048
+Speed and accuracy (`gppy bench resample --size 2048`: a 2048 x 2048
 float32 frame of Gaussian stars, FWHM 2.5 px, TAN-SIP, onto a TAN grid shifted by
-(13.37, -7.61) px and rotated 0.3 deg; CPU seconds on one core of a shared
-2-core machine; flux ratio of isolated stars in r = 8 px apertures, median and
+(13.37, -7.61) px and rotated 0.3 deg; wall-clock seconds of one call, each in
+its own process, on a shared 2-core machine (the CPU seconds are the same: one
+thread); flux ratio of isolated stars in r = 8 px apertures, median and
 scatter; RMS of their centroids from where the WCS puts them):
 
-    gppy lanczos3, data + ERR + MASK        0.62 s   1.00000 +- 0.00003   0.006 px
-    gppy bilinear, data + ERR + MASK        0.35 s   1.00000 +- 0.00003   0.002 px
-    reproject_interp bilinear, data only    4.9 s    0.99994 +- 0.00063   0.002 px
-    reproject_interp bicubic, data only     4.8 s    0.99994 +- 0.00063   0.001 px
-    reproject_adaptive conserve_flux, data  12.1 s   1.00000 +- 0.00015   0.006 px
+    gppy lanczos3, data + ERR + MASK        0.57 s   1.00000 +- 0.00003   0.006 px
+    gppy bilinear, data + ERR + MASK        0.36 s   1.00000 +- 0.00003   0.002 px
+    reproject_interp bilinear, data only    5.1 s    1.00003 +- 0.00065   0.002 px
+    reproject_interp bicubic, data only     4.5 s    1.00003 +- 0.00065   0.001 px
+    reproject_adaptive conserve_flux, data  10.1 s   1.00000 +- 0.00006   0.006 px
 
 (reproject 0.21: it evaluates the WCS at every pixel; `reproject_interp` keeps
 surface brightness, so the SIP's pixel-area changes remain in its fluxes, and
@@ -506,7 +507,7 @@ def resample(data: np.ndarray, mask: np.ndarray | None, err: np.ndarray | None, 
     return out, out_mask, out_err, footprint
 
 
-# --------------------------------------------------------------------------- benchmark
+# ------------------------------------------------- synthetic frames (tests, gppy bench resample)
 
 def _synthetic_wcs(size: int, pixscale_arcsec: float = 0.794) -> WCS:
     """A TAN-SIP grid with a few 1e-3 of distortion at the corners, as the pipeline fits."""
@@ -569,68 +570,3 @@ def _isolated(x, y, radius):
 
     d, _ = cKDTree(np.c_[x, y]).query(np.c_[x, y], k=2)
     return d[:, 1] > radius
-
-
-def benchmark(size: int = 2048, seed: int = 1, reproject: bool = True) -> dict:
-    """Our resampling against reproject on a size x size frame of Gaussian stars
-    (FWHM 2.5 px) under a TAN-SIP WCS, onto a grid shifted by (13.37, -7.61) px
-    and rotated by 0.3 deg: CPU seconds, the median and scatter of the flux ratio
-    (r = 8 px apertures around stars without a neighbour within 20 px, noise-free)
-    and the RMS offset of the stars from where the
-    WCS puts them (the same moment centroid measured on the input, subtracted)."""
-    import time as _time
-
-    rng = np.random.default_rng(seed)
-    w_in = _synthetic_wcs(size)
-    x, y, flux = _stars(size, 300, rng)
-    image = _render((size, size), x, y, flux, 2.5).astype(np.float32)
-    w_out = w_in.deepcopy()
-    th = math.radians(0.3)
-    rot = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
-    w_out.wcs.cd = rot @ w_in.wcs.cd
-    w_out.wcs.crpix = [w_in.wcs.crpix[0] + 13.37, w_in.wcs.crpix[1] - 7.61]
-    w_out.sip = None
-    w_out.wcs.ctype = ["RA---TAN", "DEC--TAN"]
-    ra, dec = w_in.all_pix2world(x, y, 0)
-    xo, yo = w_out.all_world2pix(ra, dec, 0)
-    ok = (xo > 20) & (xo < size - 20) & (yo > 20) & (yo < size - 20) & _isolated(x, y, 20.0)
-    f_in, cx_in, cy_in = _aperture(image, x[ok], y[ok], 8.0)
-    mask = np.zeros(image.shape, np.uint16)
-    err = np.ones(image.shape, np.float32)
-    runs = {"gppy lanczos3 (data, ERR, MASK)": lambda: resample(
-                image, mask, err, w_in, w_out, image.shape)[0],
-            "gppy bilinear (data, ERR, MASK)": lambda: resample(
-                image, mask, err, w_in, w_out, image.shape, kernel="bilinear")[0]}
-    if reproject:
-        from reproject import reproject_adaptive, reproject_interp
-
-        runs["reproject_interp bilinear (data)"] = lambda: reproject_interp(
-            (image, w_in), w_out, shape_out=image.shape, order="bilinear")[0]
-        runs["reproject_interp bicubic (data)"] = lambda: reproject_interp(
-            (image, w_in), w_out, shape_out=image.shape, order="bicubic")[0]
-        runs["reproject_adaptive conserve_flux (data)"] = lambda: reproject_adaptive(
-            (image, w_in), w_out, shape_out=image.shape, conserve_flux=True)[0]
-    results = {}
-    for name, run in runs.items():
-        cpu, wall = _time.process_time(), _time.perf_counter()
-        out = np.nan_to_num(np.asarray(run(), np.float64))
-        cpu, wall = _time.process_time() - cpu, _time.perf_counter() - wall
-        f_out, cx, cy = _aperture(out, xo[ok], yo[ok], 8.0)
-        ratio = f_out / f_in
-        # the centroid's own bias, from the input, rotated into the output frame
-        bx, by = cx_in - x[ok], cy_in - y[ok]
-        dx = (cx - xo[ok]) - (rot[0, 0] * bx + rot[0, 1] * by)
-        dy = (cy - yo[ok]) - (rot[1, 0] * bx + rot[1, 1] * by)
-        results[name] = {"cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
-                         "flux_ratio_median": round(float(np.median(ratio)), 5),
-                         "flux_ratio_std": round(float(np.std(ratio)), 5),
-                         "position_rms_px": round(float(np.sqrt(np.mean(dx ** 2 + dy ** 2))), 4)}
-    return results
-
-
-if __name__ == "__main__":   # python -m gppy.transient.resample [SIZE]
-    import json
-    import sys
-
-    for key, row in benchmark(int(sys.argv[1]) if len(sys.argv) > 1 else 2048).items():
-        print(json.dumps({"method": key} | row))

@@ -338,10 +338,7 @@ def stack(files, out_path: str | os.PathLike | None = None, *, reference_wcs: WC
     files = [Path(f) for f in files]
     if not files:
         raise InputError("nothing to stack")
-    try:
-        frames = [read_frame(f) for f in files]
-    except BadFrame as exc:
-        raise InputError(str(exc)) from None
+    frames = _read_frames(files)
     filters = {str(f.header.get("FILTER", "")).strip() for f in frames}
     if len(filters) > 1:
         raise InputError(f"frames of different filters ({', '.join(sorted(filters))}): "
@@ -432,6 +429,19 @@ def _resample_rows(rs: Resampler, rd: _Reader, r0: int, r1: int, sub: int, vals,
         s1 = min(r1, s0 + sub)
         d, m, e, _ = rs.block(s0, s1, data, mask, err, window)
         vals[s0 - r0:s1 - r0], masks[s0 - r0:s1 - r0], errs[s0 - r0:s1 - r0] = d, m, e
+
+
+def stack_path(files, out_path: str | os.PathLike | None = None) -> Path:
+    """Where `stack(files, out_path)` writes (the headers are read, not the pixels)."""
+    frames = _read_frames(files)
+    return _output_path(out_path, frames, float(sum(f.exptime for f in frames)))
+
+
+def _read_frames(files) -> list[FrameInfo]:
+    try:
+        return [read_frame(f) for f in files]
+    except BadFrame as exc:
+        raise InputError(str(exc)) from None
 
 
 def _output_path(out_path, frames: list[FrameInfo], total: float) -> Path:

@@ -1,5 +1,6 @@
 """The transient stage of a night: group the measured frames (gppy.transient.groups),
-stack each group (its photometry measured like a frame's), subtract the field's
+stack each group (on the template's grid when there is a template of the same
+pixel scale; its photometry measured like a frame's), subtract the field's
 template (gppy.transient.templates), find candidates on the difference, cut
 stamps for them, and promote the night's stacks into the template library.
 
@@ -22,15 +23,14 @@ import numpy as np
 from astropy.io import fits
 from astropy.table import Table
 
+from gppy.astrometry.wcsio import celestial_wcs
 from gppy.errors import InputError, NightInterrupted
 from gppy.fitsio import BadFrame, atomic_open
 from gppy.obsconfig.schema import Profile
 from gppy.phot.stage import measure_calibrated
-from gppy.transient.candidates import find_candidates
-from gppy.phot.calibrate import total_zero_point
 from gppy.transient.command_subtract import difference
 from gppy.transient.groups import Group, NightFrame, group_frames
-from gppy.transient.stack import stack
+from gppy.transient.stack import stack, stack_path
 from gppy.transient.stamps import write_stamps
 from gppy.transient.templates import TemplateLibrary
 
@@ -104,13 +104,16 @@ def _group(group: Group, profile: Profile, refstars, library: TemplateLibrary, o
                "excluded": {Path(p).name: why for p, why in group.excluded.items()},
                "stack": None, "diff": None, "template": None, "n_candidates": 0,
                "_candidates": []}
-    if len(group.frames) > 1:
-        science = Path(stack(group.paths, out_dir).path)
+    stacked = len(group.frames) > 1
+    science = stack_path(group.paths, out_dir) if stacked else Path(group.paths[0])
+    template = library.find(group.object, group.filter, science.name)
+    if stacked:
+        # on the template's grid when it has this camera's pixels: the template is
+        # then subtracted as it is, without a second resampling
+        grid = _template_grid(template.path, group.paths[0]) if template else None
+        science = Path(stack(group.paths, science, reference_wcs=grid).path)
         measure_calibrated(science, group.filter, profile, refstars)
         summary["stack"] = science.name
-    else:
-        science = Path(group.paths[0])
-    template = library.find(group.object, group.filter, science.name)
     if template is None:
         summary["note"] = "no template yet"
         return summary, science
@@ -122,15 +125,8 @@ def _group(group: Group, profile: Profile, refstars, library: TemplateLibrary, o
     summary["diff"] = Path(row["diff"]).name
     summary["qa"] = {k: row.get(k) for k in ("resid_std_blank", "resid_std_stars",
                                              "kernel_sum", "n_dipoles", "seconds")}
-    header = fits.getheader(science)
-    scale = float(np.sqrt(abs(np.linalg.det(pair.wcs.pixel_scale_matrix)))) * 3600.0
-    fwhm_px = pair.fwhm_diff_px or float(header["SEEING"]) / scale
-    cands = find_candidates(pair.diff, pair.noise, pair.sci, pair.ref, pair.mask, pair.wcs,
-                            fwhm_px=fwhm_px, zp=total_zero_point(header, 1.0),
-                            exptime_s=float(header["EXPTIME"]))
     stem = Path(row["diff"]).name.rsplit(".", 1)[0]
-    with atomic_open(out_dir / f"{stem}.cand.ecsv", "w") as fh:
-        cands.write(fh, format="ascii.ecsv")
+    cands = pair.candidates
     good = cands[cands["cls"] == "candidate"]
     summary["n_candidates"] = len(good)
     if len(good):
@@ -146,6 +142,27 @@ def _group(group: Group, profile: Profile, refstars, library: TemplateLibrary, o
     log.info("subtracted", group=group.label, diff=summary["diff"],
              candidates=len(good), **{k: v for k, v in summary["qa"].items() if v is not None})
     return summary, science
+
+
+def _template_grid(template: Path, frame: str, max_scale_diff: float = 0.02):
+    """The template's WCS (with its pixel shape) as the grid of a stack of frames
+    like `frame`, if its pixel scale is the frame's within `max_scale_diff` and the
+    frame's centre lies on it; else None (the stack takes its own grid)."""
+    ht, hf = fits.getheader(template), fits.getheader(frame)
+    wt, wf = celestial_wcs(ht), celestial_wcs(hf)
+    if wt is None or wf is None:
+        return None
+    scale_t, scale_f = (float(np.sqrt(abs(np.linalg.det(w.pixel_scale_matrix))))
+                        for w in (wt, wf))
+    if abs(scale_t / scale_f - 1.0) > max_scale_diff:
+        return None
+    ny, nx = hf["NAXIS2"], hf["NAXIS1"]
+    ra, dec = wf.all_pix2world((nx - 1) / 2.0, (ny - 1) / 2.0, 0)
+    x, y = wt.all_world2pix(ra, dec, 0)
+    if not (0 <= x <= ht["NAXIS1"] - 1 and 0 <= y <= ht["NAXIS2"] - 1):
+        return None
+    wt.pixel_shape = (ht["NAXIS1"], ht["NAXIS2"])
+    return wt
 
 
 def _num(v) -> float | None:

@@ -748,7 +748,7 @@ def quality(result: Subtraction, pair: Pair, flux_ratio_expected: float | None =
         convolved); flux_ratio_stars the stars' (median ratio of fluxes within 3
         FWHM); flux_ratio_expected (the caller's, source "zp", else the stars'),
         flux_ratio_offset = flux_ratio / expected - 1
-    n_candidates, n_negative  positive / negative blobs of diff/noise (>= 3 per pixel
+    n_blobs, n_negative  positive / negative blobs of diff/noise (>= 3 per pixel
         over >= 4 pixels) whose aperture S/N (radius 1 FWHM) reaches 5, the aperture
         noise scaled by aperture_noise_factor (the std of that S/N at random blank
         places: > 1 where the noise is correlated, as after resampling)
@@ -816,7 +816,7 @@ def quality(result: Subtraction, pair: Pair, flux_ratio_expected: float | None =
     factor = factor if np.isfinite(factor) and factor > 0 else 1.0
     px, py, psnr = _blobs(snr, bad, fwhm, factor)
     nx_, ny_, _ = _blobs(-snr, bad, fwhm, factor)
-    qa["n_candidates"] = int(len(px))
+    qa["n_blobs"] = int(len(px))
     qa["n_negative"] = int(len(nx_))
     dip = 0
     if len(px) and len(nx_):
@@ -853,7 +853,7 @@ QA_KEYWORDS = {   # qa key -> (FITS keyword, comment)
     "resid_std_stars_p90": ("SUBRSS90", "90th percentile of that rms"),
     "n_qa_stars": ("SUBNQSTR", "bright stars of SUBRSSTR"),
     "n_dipoles": ("SUBNDIP", "stars with a +/- residual pair"),
-    "n_candidates": ("SUBNCAND", "positive blobs at S/N >= 5"),
+    "n_blobs": ("SUBNBLOB", "positive blobs at S/N >= 5"),
     "n_negative": ("SUBNNEG", "negative blobs at S/N >= 5"),
     "aperture_noise_factor": ("SUBAPNF", "aperture noise / independent-pixel noise"),
     "fwhm_sci_px": ("SUBFWHMS", "[px] science FWHM (2 half-light radii)"),
