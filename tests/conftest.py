@@ -64,6 +64,15 @@ class SimulatedFrame:
         return self.frame["ra_cmd_deg"], self.frame["dec_cmd_deg"]
 
 
+def noisy(truth, frame: dict, seed: int) -> np.ndarray:
+    """The calibrated frame: noise-free plus Poisson (Gaussian) and read noise."""
+    clean = truth.noise_free(frame["file"])
+    rng = np.random.default_rng(seed)
+    read_noise_adu = truth.camera["read_noise_e"] / truth.gain
+    variance = np.maximum(clean, 0.0) / truth.gain + read_noise_adu ** 2
+    return clean + rng.normal(0.0, 1.0, clean.shape) * np.sqrt(variance)
+
+
 def simulate_nights(out: Path, obs: str, size: int | None, nights: int = 1, nscience: int = 2,
                     seed: int = 7, n_fields: int = 1, render: bool = True, n_bands: int = 2,
                     **run):

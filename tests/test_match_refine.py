@@ -26,7 +26,7 @@ from gppy.obsconfig.loader import load_profile
 from gppy.sim.pointing import offset_arcsec
 from gppy.sim.truth import wcs_error_px
 
-from conftest import SimulatedFrame, simulate_nights
+from conftest import SimulatedFrame, noisy, simulate_nights
 
 pytestmark = pytest.mark.skipif(not (tycho.DEFAULT_INDEX_DIR / tycho.INDEX_NAME).is_file(),
                                 reason="astrometry-data-tycho2-07-littleendian is not installed")
@@ -75,15 +75,6 @@ class _Cases:
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory) -> _Cases:
     return _Cases(tmp_path_factory.mktemp("astrometry"))
-
-
-def noisy(truth, frame: dict, seed: int) -> np.ndarray:
-    """The calibrated frame: noise-free plus Poisson (Gaussian) and read noise."""
-    clean = truth.noise_free(frame["file"])
-    rng = np.random.default_rng(seed)
-    read_noise_adu = truth.camera["read_noise_e"] / truth.gain
-    variance = np.maximum(clean, 0.0) / truth.gain + read_noise_adu ** 2
-    return clean + rng.normal(0.0, 1.0, clean.shape) * np.sqrt(variance)
 
 
 def solve(case: Case, sources=None, pointing=None, **kw):

@@ -29,7 +29,7 @@ from gppy.obsconfig.loader import load_profile
 from gppy.sim.pointing import offset_arcsec
 from gppy.sim.truth import wcs_error_px
 
-from conftest import SimulatedFrame, simulate_nights, wait_for
+from conftest import SimulatedFrame, noisy, simulate_nights, wait_for
 
 INDEX_DIR = Path("/usr/share/astrometry")       # apt astrometry-data-tycho2-*
 TYCHO_07 = INDEX_DIR / "index-tycho2-07.littleendian.fits"  # the simulator's bright stars
@@ -57,15 +57,6 @@ class Field(SimulatedFrame):
     @property
     def fov_arcmin(self) -> float:
         return min(self.shape) * self.pixscale / 60.0
-
-
-def noisy(truth, frame: dict, seed: int) -> np.ndarray:
-    """The calibrated frame: noise-free plus Poisson (Gaussian) and read noise."""
-    clean = truth.noise_free(frame["file"])
-    rng = np.random.default_rng(seed)
-    read_noise_adu = truth.camera["read_noise_e"] / truth.gain
-    variance = np.maximum(clean, 0.0) / truth.gain + read_noise_adu ** 2
-    return clean + rng.normal(0.0, 1.0, clean.shape) * np.sqrt(variance)
 
 
 @pytest.fixture(scope="module")

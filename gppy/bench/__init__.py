@@ -18,3 +18,12 @@ def add_simulation_arguments(parser, *, frames: int, obs: str | None = None,
     if seed:
         parser.add_argument("--seed", type=int, default=BENCH_SEED,
                             help=f"simulation seed (default {BENCH_SEED})")
+
+
+def in_fresh_process(fn, *args):
+    """fn(*args) in a new (spawned) process, so that its peak RSS is its own."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as ex:
+        return ex.submit(fn, *args).result()

@@ -60,7 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gppy.bench import add_simulation_arguments
+from gppy.bench import add_simulation_arguments, in_fresh_process
 
 GB = 1e9
 BENCH_OBS = "KCT"              # 4096 x 4096 CCD, 0.724"/px: 49'
@@ -249,8 +249,6 @@ def _r(v, digits: int):
 
 
 def run(args) -> int:
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
 
     from astropy import log
     from astropy.io import fits
@@ -289,8 +287,7 @@ def run(args) -> int:
             results = {}
             for name in names:
                 # A fresh process per candidate and frame: its peak RSS is its own.
-                with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as ex:
-                    sec, peak, out = ex.submit(_candidate, name, job).result()
+                sec, peak, out = in_fresh_process(_candidate, name, job)
                 seconds[name].append(sec)
                 rss[name].append(peak)
                 results[name] = out

@@ -13,11 +13,11 @@ import os
 import resource
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+
+from gppy.bench import in_fresh_process
 
 GB = 1e9
 CANDIDATES = {
@@ -56,9 +56,8 @@ def run(args) -> int:
         for name, label in CANDIDATES.items():
             out = tmp / f"{name}.npy"
             # A fresh process per candidate: its peak RSS is its own.
-            with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as ex:
-                seconds[name], rss[name] = ex.submit(
-                    _candidate, name, files, args.mem_limit, args.ncores, out).result()
+            seconds[name], rss[name] = in_fresh_process(
+                _candidate, name, files, args.mem_limit, args.ncores, out)
             result[name] = np.load(out)
             print(f"  {label:<46} {seconds[name]:7.2f} s   peak RSS {rss[name] / GB:5.2f} GB",
                   flush=True)

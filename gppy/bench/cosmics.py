@@ -61,7 +61,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from gppy.bench import BENCH_SEED, add_simulation_arguments
+from gppy.bench import BENCH_SEED, add_simulation_arguments, in_fresh_process
 
 GB = 1e9
 STRONG_SIGMA = 10.0            # cosmic-ray pixels and star peaks "> 10 sigma"
@@ -354,8 +354,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
 
     from gppy.fitsio import read_image
 
@@ -380,8 +378,7 @@ def run(args) -> int:
             for name in ("ours", "legacy"):
                 out = tmp / f"{name}.npy"
                 # A fresh process per candidate and frame: its peak RSS is its own.
-                with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as ex:
-                    sec, peak = ex.submit(_candidate, name, frame_file, out, args.threads).result()
+                sec, peak = in_fresh_process(_candidate, name, frame_file, out, args.threads)
                 mask = np.unpackbits(np.load(out), count=cal.image_e.size).reshape(
                     cal.image_e.shape).astype(bool)
                 seconds[name].append(sec)

@@ -64,7 +64,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gppy.bench import add_simulation_arguments
+from gppy.bench import add_simulation_arguments, in_fresh_process
 
 GB = 1e9
 BENCH_OBS = "LOAO"
@@ -258,8 +258,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
 
     from astropy import log
 
@@ -288,8 +286,7 @@ def run(args) -> int:
             results = {}
             for name in names:
                 # A fresh process per candidate and frame: its peak RSS is its own.
-                with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as ex:
-                    sec, peak, out = ex.submit(_candidate, name, job).result()
+                sec, peak, out = in_fresh_process(_candidate, name, job)
                 seconds[name].append(sec)
                 rss[name].append(peak)
                 results[name] = out

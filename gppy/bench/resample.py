@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gppy.bench import BENCH_SEED
+from gppy.bench import BENCH_SEED, in_fresh_process
 
 GB = 1e9
 OURS = "ours lanczos3"
@@ -123,8 +123,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
 
     from gppy.transient.resample import _aperture, _isolated, _render, _stars
 
@@ -150,8 +148,7 @@ def run(args) -> int:
         for name, label in CANDIDATES.items():
             out = tmp / "out.npy"
             # A fresh process per candidate: its peak RSS is its own.
-            with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as ex:
-                wall, cpu, peak = ex.submit(_candidate, name, image_file, size, out).result()
+            wall, cpu, peak = in_fresh_process(_candidate, name, image_file, size, out)
             result = np.nan_to_num(np.load(out).astype(np.float64))
             f_out, cx, cy = _aperture(result, xo[ok], yo[ok], APERTURE_PX)
             ratio = f_out / f_in

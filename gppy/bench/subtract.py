@@ -73,7 +73,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gppy.bench import BENCH_SEED
+from gppy.bench import BENCH_SEED, in_fresh_process
 
 GB = 1e9
 DEFAULT_SIZES = (2048, 4096)
@@ -369,8 +369,6 @@ def _fmt(v, spec: str) -> str:
 
 
 def run(args) -> int:
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
 
     from gppy.transient.subtract import DEFAULTS, analyse_pair
 
@@ -403,8 +401,7 @@ def run(args) -> int:
                     continue
                 out = tmp / f"{engine}.npz"
                 # A fresh process per engine and size: its peak RSS is its own.
-                with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as ex:
-                    seconds, peak = ex.submit(_candidate, engine, pair_file, out).result()
+                seconds, peak = in_fresh_process(_candidate, engine, pair_file, out)
                 rows[engine] = score(out, pair, analysed, seconds, peak)
                 out.unlink()
                 r = rows[engine]
