@@ -21,7 +21,7 @@ Site settings that are not about one observatory live in ``<config dir>/settings
     blind_cpulimit_s = 120                      # the blind retry
     blind_timeout_s = 180
     refcat = "auto"                             # auto | gaia | tycho2 | a catalogue file
-    offline = false                             # never query VizieR; cache and files only
+    offline = false                             # never query VizieR or SkyBoT; caches only
 
 Only the file's own values are returned here; gppy.daemon.slack applies the environment
 variables and the defaults (precedence: environment > settings file > default).

@@ -4,6 +4,7 @@ user's configuration and data directories."""
 from __future__ import annotations
 
 import gzip
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -17,6 +18,9 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 REAL = SHARED / "data" / "real"
 GPPY = Path(sys.executable).with_name("gppy")  # the installed console script
+
+# the tests never ask the real SkyBoT: a closed local port, unreachable at once
+os.environ.setdefault("GPPY_SKYBOT_SERVER", "http://127.0.0.1:9/skybot")
 
 
 def real_data(name: str) -> Path:

@@ -346,7 +346,7 @@ def test_credentials_file_must_be_private(tmp_path, stub, logs_seen, monkeypatch
 
 
 def test_default_token_file_in_the_config_dir(stub, monkeypatch):
-    write_settings(f'[slack]\ndefault_channel = "#gppy"\n')
+    write_settings('[slack]\ndefault_channel = "#gppy"\n')
     default = settings_file().with_name("slack-token")
     default.write_text(TOKEN)
     default.chmod(0o600)

@@ -189,13 +189,17 @@ def test_cli_median_and_reference_grid(frames, clean, tmp_path, capsys):
     with fits.open(files[1]) as hdul:
         w = celestial_wcs(hdul[0].header)[100:400, 200:600]
         cut = fits.PrimaryHDU(np.zeros((300, 400), np.float32), w.to_header(relax=True))
+        cut.header["DATE-OBS"] = "2020-01-01T00:00:00"    # a template's own date
         cut.writeto(reference)
     code = gppy_main(["stack", *files, "--out", str(tmp_path / "cut.fits"), "--reference",
                       str(reference), "--json"])
     row = json.loads(capsys.readouterr().out)
     assert code == 0 and row["shape"] == [300, 400]
-    assert fits.getheader(tmp_path / "cut.fits")["CRPIX1"] == pytest.approx(
-        fits.getheader(reference)["CRPIX1"])
+    cut_header = fits.getheader(tmp_path / "cut.fits")
+    assert cut_header["CRPIX1"] == pytest.approx(fits.getheader(reference)["CRPIX1"])
+    # the grid's WCS brings no dates: the stack keeps its inputs' mid-time
+    assert cut_header["DATE-OBS"] == header["DATE-OBS"]
+    assert cut_header["MJD-OBS"] == pytest.approx(header["MJD-OBS"], abs=1e-9)
 
 
 def test_refusals(frames, tmp_path, capsys):

@@ -474,6 +474,30 @@ def test_against_a_pipeline_stack(loao, tmp_path):
     assert row["n_candidates"] >= 3
 
 
+def test_candidate_on_a_known_asteroid_is_moving(loao, tmp_path):
+    """`difference(movers=...)`: the candidate where SkyBoT puts a known object
+    becomes class "moving" (gppy.transient.skybot; here the object is placed on the
+    second night's brightest transient)."""
+    from gppy.transient.command_subtract import difference
+    from gppy.transient.skybot import COLUMNS
+
+    truths, (refs, scis) = loao
+    row, pair = difference(scis[0], refs[0], out=tmp_path)
+    cands = pair.candidates
+    best = cands[cands["cls"] == "candidate"][0]          # the highest S/N
+    movers = Table(rows=[("2024 AB", best["ra"], best["dec"] + 1.0 / 3600, 19.5, 0.3, 1.8,
+                          "MB>Inner")], names=COLUMNS)
+    row, pair = difference(scis[0], refs[0], out=tmp_path, movers=movers)
+    on = pair.candidates[np.argmin(np.hypot(pair.candidates["x"] - best["x"],
+                                            pair.candidates["y"] - best["y"]))]
+    assert on["cls"] == "moving" and on["reasons"] == "skybot:2024 AB"
+    assert on["sso_name"] == "2024 AB"
+    n_before = int(np.count_nonzero(cands["cls"] == "candidate"))
+    assert row["n_moving"] == 1 and row["n_candidates"] == n_before - 1
+    written = Table.read(row["candidates"])
+    assert list(written["cls"]).count("moving") == 1
+
+
 @pytest.mark.slow
 def test_cli_json_line(loao, gppy_bin, tmp_path):
     truths, (refs, scis) = loao

@@ -99,11 +99,13 @@ def test_second_night_finds_its_transients(two_nights):
         print(f"\n{g['group']}: {g['diff']}, residual std blank {qa['resid_std_blank']}, "
               f"around stars {qa['resid_std_stars']}, {g['n_candidates']} candidates")
         assert 0.95 <= qa["resid_std_blank"] <= 1.10
-        # issue 7 asks <= 1.3 around stars: met in R (~1.05), not yet in V (1.31-1.34
-        # over runs), where both nights' PSFs are nearly equal (3.0 vs 3.1 px) and
-        # differ in shape. A regression guard until then:
-        assert qa["resid_std_stars"] <= 1.4
+        # R ~1.05; V ~1.29, where both nights' PSFs are nearly equal (3.0 vs 3.1 px)
+        # and differ in shape (1.31 before stamps with a transient were dropped)
+        assert qa["resid_std_stars"] <= 1.3
         diff_path = second.out_dir / g["diff"]
+        # stacked on the template's grid, dated by its own frames (not the template's)
+        frame_dates = {fits.getheader(second.out_dir / f)["DATE-OBS"][:10] for f in g["frames"]}
+        assert {fits.getheader(second.out_dir / g["stack"])["DATE-OBS"][:10]} == frame_dates
         header = fits.getheader(diff_path)
         assert header["TEMPLATE"].endswith("-com.fits") and header["TMPLKIND"] == "library"
         cands = Table.read(str(diff_path).replace(".fits", ".cand.ecsv"))
@@ -112,8 +114,9 @@ def test_second_night_finds_its_transients(two_nights):
         on = cands[cands["cls"] == "candidate"]
         i, _, _ = crossmatch(on["ra"], on["dec"], truth["ra"], truth["dec"], MATCH_ARCSEC)
         bogus_counts.append(len(on) - len(i))
-        for name in on["reasons"][np.setdiff1d(np.arange(len(on)), i)]:
-            print(f"  other candidate: {name}")
+        for c in on[np.setdiff1d(np.arange(len(on)), i)]:
+            print(f"  other candidate: x {c['x']:.1f} y {c['y']:.1f} S/N {c['snr']:.1f} "
+                  f"score {c['score']:.2f}")
         all_i, all_j, _ = crossmatch(cands["ra"], cands["dec"], truth["ra"], truth["dec"],
                                      MATCH_ARCSEC)
         seen = dict(zip(all_j, all_i))
@@ -129,9 +132,11 @@ def test_second_night_finds_its_transients(two_nights):
                       f"{snr_true[tj]:.1f}): {cls} {what}")
     done = Table(rows=rows, names=("band", "kind", "snr", "cls"))
     found = done["cls"] == "candidate"
-    # issue 7 asks >= 95 % at S/N >= 10 (met) and >= 80 % at 5-10: not yet met (0.65
-    # here), mostly transients beside stars rejected as dipoles (the star's own
-    # residual inside their aperture); a regression guard at 0.6 until then
+    # issue 7 asks >= 95 % at S/N >= 10 (met: 0.976) and >= 80 % at 5-10: not yet
+    # met (0.65 here). Lost: transients within 1-1.5 FWHM of 15-16 mag stars, no
+    # brighter than those stars' PSF-matching residual (class bogus, star_residual),
+    # and a few field transients that noise took below the threshold. A regression
+    # guard at 0.6 until then
     for lo, hi, need in ((10, np.inf, 0.95), (5, 10, 0.60), (0, 5, 0.0)):
         inside = (done["snr"] >= lo) & (done["snr"] < hi)
         rate = found[inside].mean() if inside.any() else math.nan

@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 import warnings
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from io import BytesIO
 from typing import Callable, Union
 
@@ -31,6 +31,7 @@ from astropy.io.votable import from_table
 from astropy.table import Table
 
 from gppy.catalogs.tiles import sep_deg
+from http_standin import reply, serve
 
 TableSpec = tuple[Union[Table, Callable[[], Table]], str, str]
 
@@ -77,18 +78,10 @@ class VizierStandIn:
                     payload, status = outer.answer(args), 200
                 except Exception as exc:  # a bad request: tell the client, fail the test
                     payload, status = f"stand-in: {type(exc).__name__}: {exc}".encode(), 400
-                self.send_response(status)
-                self.send_header("Content-Type", "text/xml")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                reply(self, status, payload)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = serve(Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}"
-        self.thread = threading.Thread(target=self.server.serve_forever,
-                                       kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
 
     def table(self, source: str) -> Table:
         """The table served for `source` (a factory is called once)."""

@@ -287,13 +287,9 @@ def recovered(diff, noise, mask, transients: np.ndarray, fwhm_px: float) -> np.n
     """The largest matched-filter S/N within RECOVERY_RADIUS_PX of each transient, on
     the map `gppy.transient.candidates` detects on (scaled to unit width where
     correlated noise makes it wider)."""
-    from gppy.transient.candidates import _frame, _map_width, _snr_map
+    from gppy.transient.candidates import snr_image
 
-    fr = _frame(diff, noise, mask)
-    snr = _snr_map(fr, fwhm_px / 2.3548)
-    width = _map_width(snr, fr.bad)
-    if width > 1.0:
-        snr /= np.float32(width)
+    snr = snr_image(diff, noise, mask, fwhm_px)
     r = int(math.ceil(RECOVERY_RADIUS_PX))
     off = np.arange(-r, r + 1)
     ny, nx = snr.shape

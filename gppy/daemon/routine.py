@@ -323,7 +323,8 @@ def _transients(phot: PhotReport, astrometry: AstrometryReport, profile: Profile
     frames = transient_stage.night_frames(phot.measured, astrometry.solved)
     library = TemplateLibrary(data.templates, profile.name, profile.transient.template_dir)
     refstars = reference_source(profile.phot, settings, data.catalog_cache)
-    return transient_stage.run(frames, profile, refstars, library, out_dir, log, should_stop)
+    return transient_stage.run(frames, profile, refstars, library, out_dir, log, should_stop,
+                               skybot_cache=None if settings.offline else data.catalog_cache)
 
 
 def _write_products(ledger: Ledger, night_id: int, out_dir: Path,

@@ -36,9 +36,23 @@ Features, per detection (v = sign * D, so that every source is positive in v):
                (no positive light in the window)
   ellipticity  1 - b/a of C
   neg_ratio    |sum of v over pixels with v < -2N| / sum of v over pixels with
-               v > +2N, within 1.5 FWHM: the opposite-sign light in the aperture
+               v > +2N, within 1.5 FWHM: the opposite-sign light in the aperture.
+               Beside a star (below), the pixels nearer the star are left out
   counterpart  an opposite-sign detection within `dipole_radius_fwhm` FWHM whose
-               |flux| is at least `dipole_flux_ratio` of this one's
+               |flux| is at least `dipole_flux_ratio` of this one's (beside a
+               star, not one on that star: the star's own residual)
+  beside_star  a positive detection 1-3 FWHM (`beside_star_fwhm`) from a reference
+               star (below): a transient beside a star, or the star's PSF-matching
+               residual (lobes, rings). Nearer, it is the star's (a misalignment
+               dipole's lobes lie ~0.5 FWHM from it)
+  star_resid_flux
+               the residual such a star leaves: RESIDLEV x the star's flux,
+               RESIDLEV the median over the 15 brightest reference stars of the
+               residual's light beyond the noise, sqrt(sum(D² - N²)) within 2.5
+               FWHM, over the star's flux (0.003 on a good difference, 0.013 on one
+               whose PSFs differ in shape)
+  excess_snr   (flux - star_resid_flux) / fluxerr beside a star: the light beyond
+               the star's residual, in sigma
   dist_edge    distance (px) to the image border or to the nearest pixel without
                data (non-finite D or N), capped at the search radius
   dist_masked  distance (px) to the nearest pixel with mask != 0 (capped likewise)
@@ -70,6 +84,8 @@ Rejections (column `reasons`, comma-separated; any of them makes the class "bogu
                   carries ~0.1 of a Gaussian's weight)
   dipole          counterpart, or neg_ratio > neg_ratio_max: misalignment,
                   PSF-matching residuals
+  star_residual   beside a star, with excess_snr below the threshold: what
+                  stands out from the star's residual is not a detection
   sharp / broad   fwhm_ratio below / above fwhm_ratio_range, 0.5-3 (cosmic rays,
                   hot pixels / extended residuals); "shape" if unmeasurable
   elongated       ellipticity > ellipticity_max, 0.6 (trails, residuals)
@@ -90,7 +106,8 @@ Classes (column `cls`):
              merely varied; reasons notes "known_star" (catalogue) or "ref_star"
   moving     positive, otherwise a candidate, and absent from other epochs of the
              night that cover the spot (`other_epochs`: forced photometry, here;
-             `flag_moving`: cross-matching candidate tables); reasons "single_epoch"
+             `flag_moving`: cross-matching candidate tables); reasons "single_epoch".
+             Or on a known asteroid or comet: gppy.transient.skybot.mark_movers
   candidate  the rest
 
 Score: a hand-set logistic combination, score = 1 / (1 + exp(-z)),
@@ -156,6 +173,8 @@ class CandidateParams:
     ref_star_snr: float = 20.0
     ref_star_size: float = 1.25
     ref_star_ell: float = 0.15                # above the reference stars' median
+    beside_star_fwhm: tuple[float, float] = (1.0, 3.0)   # a reference star this far
+    residual_stars: int = 15                  # the brightest: the residual's level
     score_min: float = 0.5
     moving_absent_snr: float = 3.0            # other epochs: forced S/N below this ...
     moving_diff_sigma: float = 3.0            # ... and flux this many sigma below ours
@@ -231,6 +250,23 @@ def _map_width(snr_map: np.ndarray, bad: np.ndarray) -> float:
     if values.size < 1000:
         return 1.0
     return float(1.4826 * np.median(np.abs(values - np.median(values))))
+
+
+def _unit_snr_map(fr: _Frame, sigma: float) -> tuple[np.ndarray, float]:
+    """(the S/N map, the factor its noise was widened by). Resampling and
+    convolution correlate the noise, so the map is wider than N(0, 1) (1.07-1.39 on
+    pipeline differences): the noise is scaled to make it unit-wide, or the 5-sigma
+    threshold lets through noise peaks."""
+    snr_map = _snr_map(fr, sigma)
+    scale = max(_map_width(snr_map, fr.bad), 1.0)
+    snr_map /= np.float32(scale)
+    return snr_map, scale
+
+
+def snr_image(diff, noise, mask, fwhm_px: float) -> np.ndarray:
+    """The S/N image `find_candidates` detects on (its inputs as there): the
+    matched-filter S/N of a point source at each pixel, on unit-wide noise."""
+    return _unit_snr_map(_frame(diff, noise, mask), fwhm_px / FWHM_PER_SIGMA)[0]
 
 
 def _gauss_kernel(sigma: float) -> np.ndarray:
@@ -336,7 +372,10 @@ class _Measure:
 
 
 def _measure(fr: _Frame, sign: int, x: float, y: float, sigma: float,
-             search_px: float) -> _Measure:
+             search_px: float, star: tuple[float, float] | None = None) -> _Measure:
+    """The features of a detection at (x, y); with `star` (x, y of a reference star
+    beside it), neg_ratio leaves out the pixels nearer the star than the detection:
+    the star's own PSF-matching residual is judged separately."""
     fwhm = FWHM_PER_SIGMA * sigma
     radius = max(2 * fwhm, search_px) + 2
     sl, dx, dy = _window(fr.shape, x, y, radius)      # (x, y) lies inside the image
@@ -351,6 +390,9 @@ def _measure(fr: _Frame, sign: int, x: float, y: float, sigma: float,
     fw, ell = _shape(v, good, dx, dy, sigma)
     r2 = dx * dx + dy * dy
     ap = good & (r2 <= (1.5 * fwhm) ** 2)
+    if star is not None:
+        sdx, sdy = dx + x - star[0], dy + y - star[1]
+        ap &= r2 < sdx * sdx + sdy * sdy
     pos = float(v[ap & (v > 2 * n)].sum())
     neg = abs(float(v[ap & (v < -2 * n)].sum()))
     neg_ratio = neg / pos if pos > 0 else (math.inf if neg > 0 else 0.0)
@@ -444,10 +486,10 @@ def _psf_calibration(sci, bad, sigma, params: CandidateParams) -> tuple[float, f
     return float(centre), float(np.median(ratios[locus])), int(locus.sum())
 
 
-def _reference_stars(ref, bad, sigma, zp, exptime_s, params: CandidateParams):
-    """(x, y, mag) of bright point-like sources of the reference."""
+def _reference_stars(ref, bad, sigma, params: CandidateParams):
+    """(x, y, PSF-weighted flux) of the bright point-like sources of the reference."""
     found = _bright_sources(ref, bad, sigma, params.ref_star_snr, 20000)
-    empty = (np.zeros(0), np.zeros(0), np.zeros(0))
+    empty = (np.zeros(0),) * 3
     if found is None:
         return empty
     sub, objs, _, fr = found
@@ -475,10 +517,29 @@ def _reference_stars(ref, bad, sigma, zp, exptime_s, params: CandidateParams):
     locus = ok & (np.abs(sizes / centre - 1) < 0.2)
     ell_max = (float(np.median(ells[locus])) if locus.any() else 0.0) + params.ref_star_ell
     point = ok & (sizes <= params.ref_star_size * centre) & (ells <= ell_max)
-    fl = np.array(fl)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mag = -2.5 * np.log10(fl / exptime_s) + zp
-    return np.array(xs)[point], np.array(ys)[point], mag[point]
+    return tuple(np.array(v)[point] for v in (xs, ys, fl))
+
+
+def _residual_level(fr: _Frame, rx, ry, rflux, fwhm: float, params: CandidateParams) -> float:
+    """The PSF-matching residual a star leaves on this difference, as a fraction
+    of its flux: the median over the `residual_stars` brightest reference stars
+    (whole and unmasked within 2.5 FWHM) of sqrt(sum(D² - N²)) / flux within 2.5
+    FWHM, the residual's light beyond the noise. The median ignores the few stars
+    that hold a real transient. 0 with fewer than 5 such stars."""
+    fractions = []
+    for k in np.argsort(-rflux):
+        win = _window(fr.shape, rx[k], ry[k], 2.5 * fwhm)
+        if win is None:
+            continue
+        sl, dx, dy = win
+        inside = dx * dx + dy * dy <= (2.5 * fwhm) ** 2
+        if inside.sum() < 0.9 * math.pi * (2.5 * fwhm) ** 2 or fr.bad[sl][inside].any():
+            continue
+        d, n = fr.data[sl][inside].astype(float), fr.noise[sl][inside].astype(float)
+        fractions.append(math.sqrt(max(float((d * d - n * n).sum()), 0.0)) / rflux[k])
+        if len(fractions) == params.residual_stars:
+            break
+    return float(np.median(fractions)) if len(fractions) >= 5 else 0.0
 
 
 def _saturated_regions(mask) -> np.ndarray:
@@ -577,14 +638,8 @@ def find_candidates(diff, noise, sci, ref, mask, wcs: WCS | None, *, fwhm_px: fl
     sep.set_extract_pixstack(max(300_000, fr.data.size // 5))
     sep.set_sub_object_limit(4096)
 
-    snr_map = _snr_map(fr, sigma)
-    # Resampling and convolution correlate the noise, so the map is wider than N(0, 1)
-    # (1.07-1.39 on pipeline differences): scale the noise to make it unit-wide, or
-    # the 5-sigma threshold lets through noise peaks.
-    noise_scale = _map_width(snr_map, fr.bad)
-    if noise_scale > 1.0:
-        fr.noise *= np.float32(noise_scale)
-        snr_map /= np.float32(noise_scale)
+    snr_map, noise_scale = _unit_snr_map(fr, sigma)
+    fr.noise *= np.float32(noise_scale)
     dets = []
     for sign in (1, -1):
         objs = sep.extract(np.ascontiguousarray(sign * snr_map), thresh_sigma, mask=fr.bad,
@@ -597,10 +652,32 @@ def find_candidates(diff, noise, sci, ref, mask, wcs: WCS | None, *, fwhm_px: fl
     if sci is not None:
         fwhm_psf, apcorr, n_psf = _psf_calibration(sci, fr.bad, sigma, p)
 
+    # bright point-like sources of the reference: a detection on one is a variable
+    # star, one beside one may be the star's PSF-matching residual
+    rx = ry = rflux = np.zeros(0)
+    if dets and ref is not None:
+        rx, ry, rflux = _reference_stars(ref, fr.bad, sigma, p)
+    if wcs is not None:   # separations in arcsec, else in pixels
+        pix = abs(float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))))) * 3600.0
+        on_star = p.match_radius_arcsec
+    else:
+        pix, on_star = 1.0, 0.5 * fwhm_px
     search = max(p.edge_fwhm, 1.0) * fwhm_px
     meas = [_measure(fr, s, x, y, sigma, search) for s, x, y in dets]
     n = len(meas)
     sign = np.array([d[0] for d in dets], int)
+    star = np.full(n, -1)
+    beside = np.zeros(n, bool)
+    if n and rx.size:
+        xm, ym = (np.array([getattr(m, k) for m in meas]) for k in ("x", "y"))
+        dist = np.hypot(xm[:, None] - rx[None, :], ym[:, None] - ry[None, :])
+        star = dist.argmin(axis=1)
+        dmin = dist[np.arange(n), star]
+        lo, hi = (f * fwhm_px for f in p.beside_star_fwhm)
+        beside = (sign > 0) & (dmin * pix > on_star) & (dmin >= lo) & (dmin <= hi)
+        for k in np.flatnonzero(beside):
+            meas[k] = _measure(fr, 1, meas[k].x, meas[k].y, sigma, search,
+                               (rx[star[k]], ry[star[k]]))
     col = {k: np.array([getattr(m, k) for m in meas], float) for k in
            ("x", "y", "flux", "fluxerr", "fwhm", "ellipticity", "neg_ratio", "dist_edge",
             "dist_masked", "masked_frac")}
@@ -626,6 +703,9 @@ def find_candidates(diff, noise, sci, ref, mask, wcs: WCS | None, *, fwhm_px: fl
     if n:
         d2 = (x[:, None] - x[None, :]) ** 2 + (y[:, None] - y[None, :]) ** 2
         near = (d2 <= (p.dipole_radius_fwhm * fwhm_px) ** 2) & (sign[:, None] != sign[None, :])
+        if rx.size:   # beside a star, the star's own residual is judged by its level
+            from_star = np.hypot(x[None, :] - rx[star][:, None], y[None, :] - ry[star][:, None])
+            near &= ~(beside[:, None] & (from_star * pix <= on_star))
         comparable = np.abs(flux)[None, :] >= p.dipole_flux_ratio * np.abs(flux)[:, None]
         counterpart = (near & comparable & np.isfinite(flux)[None, :]).any(axis=1)
 
@@ -645,22 +725,23 @@ def find_candidates(diff, noise, sci, ref, mask, wcs: WCS | None, *, fwhm_px: fl
         if "mag" in known_stars.colnames:
             star_mag[hit] = np.asarray(known_stars["mag"], float)[idx[hit]]
         star_src[hit] = "catalog"
-    if n and ref is not None:
-        rx, ry, rmag = _reference_stars(ref, fr.bad, sigma, zp, exptime_s, p)
-        if rx.size:
-            if wcs is not None:
-                pix = abs(float(np.sqrt(abs(np.linalg.det(wcs.pixel_scale_matrix))))) * 3600.0
-                radius = p.match_radius_arcsec
-            else:   # separations in pixels
-                pix, radius = 1.0, 0.5 * fwhm_px
-            d = np.hypot(x[:, None] - rx[None, :], y[:, None] - ry[None, :]) * pix
-            j = d.argmin(axis=1)
-            dmin = d[np.arange(n), j]
-            hit = (dmin <= radius) & (star_src == "")
-            star_sep[hit] = dmin[hit]
-            star_mag[hit] = rmag[j[hit]]
-            star_src[hit] = "reference"
+    if n and rx.size:
+        d = np.hypot(x[:, None] - rx[None, :], y[:, None] - ry[None, :]) * pix
+        j = d.argmin(axis=1)
+        dmin = d[np.arange(n), j]
+        hit = (dmin <= on_star) & (star_src == "")
+        star_sep[hit] = dmin[hit]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            star_mag[hit] = -2.5 * np.log10(rflux[j[hit]] / exptime_s) + zp
+        star_src[hit] = "reference"
     on_star = star_src != ""
+
+    # beside a star, a detection must stand out from the residual such a star leaves
+    level = _residual_level(fr, rx, ry, rflux, fwhm_px, p) if beside.any() else 0.0
+    star_resid = np.zeros(n)
+    star_resid[beside] = level * rflux[star[beside]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        excess_snr = np.where(beside, (col["flux"] - star_resid) / col["fluxerr"], np.nan)
 
     score = _score(snr, fwhm_ratio, ell, col["neg_ratio"], counterpart, col["masked_frac"],
                    col["dist_edge"], near_sat, thresh_sigma, fwhm_px, p)
@@ -690,6 +771,8 @@ def find_candidates(diff, noise, sci, ref, mask, wcs: WCS | None, *, fwhm_px: fl
             r.append("elongated")
         if near_sat[i]:
             r.append("saturated_star")
+        if beside[i] and not on_star[i] and not excess_snr[i] >= thresh_sigma:
+            r.append("star_residual")
         if sign[i] < 0 and not on_star[i]:
             r.append("negative")
         if score[i] < p.score_min and not r:
@@ -737,12 +820,15 @@ def find_candidates(diff, noise, sci, ref, mask, wcs: WCS | None, *, fwhm_px: fl
                "dist_edge": col["dist_edge"], "dist_masked": col["dist_masked"],
                "masked_frac": col["masked_frac"], "sat_dist": sat_dist,
                "near_saturated": near_sat, "star_sep_arcsec": star_sep, "star_mag": star_mag,
-               "star_src": star_src, "n_epochs_cover": n_cover, "n_epochs_seen": n_seen}
+               "star_src": star_src, "beside_star": beside, "star_resid_flux": star_resid * apcorr,
+               "excess_snr": excess_snr,
+               "n_epochs_cover": n_cover, "n_epochs_seen": n_seen}
     t = Table({"id": np.arange(1, n + 1, dtype=int)}
               | {name: np.asarray(values)[order] for name, values in columns.items()})
     t.meta.update({"FWHM_PX": float(fwhm_px), "FWHM_PSF": float(fwhm_psf),
                    "APCORR": float(apcorr), "NPSFSTAR": int(n_psf),
                    "THRESH": float(thresh_sigma), "NOISESCL": round(noise_scale, 4),
+                   "RESIDLEV": round(level, 5),
                    "ZP": float(zp),
                    "EXPTIME": float(exptime_s), "SHAPE": [int(v) for v in fr.shape],
                    "WCSHDR": "" if wcs is None else wcs.to_header_string(relax=True)})

@@ -26,8 +26,8 @@ in the current folder, or --out (a file, or an existing folder); beside it
 hd-<science stem>.cand.ecsv, every detection with its class and reasons. With
 --json the last line of the output is one JSON object: diff, sci, ref, engine,
 seconds, resid_std_blank, resid_std_stars, n_candidates (class "candidate"),
-n_variables, n_bogus, candidates (the .cand.ecsv), and the other QA values (see
-gppy.transient.subtract.quality).
+n_variables, n_moving, n_bogus, candidates (the .cand.ecsv), and the other QA
+values (see gppy.transient.subtract.quality).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from gppy.errors import InputError
 from gppy.fitsio import BadFrame, atomic_open, read_header, write_atomic
 from gppy.phot.calibrate import total_zero_point
 from gppy.reduction.flags import Pixel
+from gppy.transient.skybot import mark_movers
 
 
 def register(sub) -> None:
@@ -193,10 +194,12 @@ def subtract_files(sci: Path, ref: Path, **kwargs) -> dict:
 
 def difference(sci: Path, ref: Path, *, engine: str = "builtin", out: Path | None = None,
                gain: float | None = None, convolve: str | None = None,
-               timeout_s: float = 600.0, cards: tuple = ()) -> tuple[dict, OnGrid]:
+               timeout_s: float = 600.0, cards: tuple = (),
+               movers: Table | None = None) -> tuple[dict, OnGrid]:
     """Subtract two files and write the difference, with `cards` (keyword, value,
     comment) added to its header: (the JSON row of the CLI, the arrays on the
-    science grid)."""
+    science grid). `movers`: known solar-system objects (gppy.transient.skybot)
+    whose candidates become class "moving"."""
     from gppy.transient.subtract import qa_cards, subtract
 
     start = time.monotonic()
@@ -227,6 +230,8 @@ def difference(sci: Path, ref: Path, *, engine: str = "builtin", out: Path | Non
                       **options)
     path = output_path(sci, out)
     cands = _candidates(result, s, r, ws, hs, gs, sci)
+    if movers is not None:
+        mark_movers(cands, movers)
     header = hs.copy()
     for key in ("BSCALE", "BZERO", "BLANK"):
         header.remove(key, ignore_missing=True)
@@ -253,6 +258,7 @@ def difference(sci: Path, ref: Path, *, engine: str = "builtin", out: Path | Non
            "seconds": round(result.seconds, 3), "total_seconds": round(time.monotonic() - start, 3),
            "resampled": resampled, "candidates": str(cand_path), "n_candidates": n_cands,
            "n_variables": int(np.count_nonzero(cands["cls"] == "variable")),
+           "n_moving": int(np.count_nonzero(cands["cls"] == "moving")),
            "n_bogus": int(np.count_nonzero(cands["cls"] == "bogus"))}
     for key, value in result.qa.items():
         if key in row:

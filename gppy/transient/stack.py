@@ -495,5 +495,9 @@ def _header(frames: list[FrameInfo], grid: WCS, total: float, mjd_mid: float, da
         name = f.path.name   # a long name goes without its comment
         header[f"IMCMB{i:03d}"] = name if len(name) > 45 else (name, "input frame")
         header[f"FSCAL{i:03d}"] = (round(f.scale, 8), f"flux scale of input {i}")
-    header.update(grid.to_header(relax=True))
+    # a grid taken from a template carries the template's own dates: not ours
+    cards = grid.to_header(relax=True)
+    for key in [k for k in cards if k.startswith(("DATE", "MJD"))]:
+        del cards[key]
+    header.update(cards)
     return header

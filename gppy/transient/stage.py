@@ -1,7 +1,8 @@
 """The transient stage of a night: group the measured frames (gppy.transient.groups),
 stack each group (on the template's grid when there is a template of the same
 pixel scale; its photometry measured like a frame's), subtract the field's
-template (gppy.transient.templates), find candidates on the difference, cut
+template (gppy.transient.templates), find candidates on the difference (those
+on a known asteroid or comet, from SkyBoT unless offline, become "moving"), cut
 stamps for them, and promote the night's stacks into the template library.
 
 Products, in the night's product folder:
@@ -24,12 +25,14 @@ from astropy.io import fits
 from astropy.table import Table
 
 from gppy.astrometry.wcsio import celestial_wcs
+from gppy.catalogs.tiles import sep_deg
 from gppy.errors import InputError, NightInterrupted
 from gppy.fitsio import BadFrame, atomic_open
 from gppy.obsconfig.schema import Profile
 from gppy.phot.stage import measure_calibrated
 from gppy.transient.command_subtract import difference
 from gppy.transient.groups import Group, NightFrame, group_frames
+from gppy.transient.skybot import SkybotError, known_movers
 from gppy.transient.stack import stack, stack_path
 from gppy.transient.stamps import write_stamps
 from gppy.transient.templates import TemplateLibrary
@@ -62,7 +65,9 @@ def night_frames(phot_measured: dict[str, dict], astrometry_solved: dict[str, di
 
 
 def run(frames: list[NightFrame], profile: Profile, refstars, library: TemplateLibrary,
-        out_dir: Path, log, should_stop) -> TransientReport:
+        out_dir: Path, log, should_stop, skybot_cache: Path | None = None) -> TransientReport:
+    """The stage (module docstring); SkyBoT answers are cached in `skybot_cache`
+    (None: SkyBoT is not asked)."""
     report = TransientReport()
     made = []
     for group in group_frames(frames, profile.transient):
@@ -71,7 +76,8 @@ def run(frames: list[NightFrame], profile: Profile, refstars, library: TemplateL
                 f"{Path(p).name}: {why}" for p, why in group.excluded.items())
             continue
         try:
-            summary, science = _group(group, profile, refstars, library, out_dir, log)
+            summary, science = _group(group, profile, refstars, library, out_dir, log,
+                                      skybot_cache)
         except (BadFrame, InputError, OSError) as exc:
             report.failed[group.label] = str(exc)
             log.warning("transient stage failed", group=group.label, error=str(exc))
@@ -99,7 +105,7 @@ def run(frames: list[NightFrame], profile: Profile, refstars, library: TemplateL
 
 
 def _group(group: Group, profile: Profile, refstars, library: TemplateLibrary, out_dir: Path,
-           log) -> tuple[dict, Path]:
+           log, skybot_cache: Path | None) -> tuple[dict, Path]:
     summary = {"group": group.label, "frames": [Path(p).name for p in group.paths],
                "excluded": {Path(p).name: why for p, why in group.excluded.items()},
                "stack": None, "diff": None, "template": None, "n_candidates": 0,
@@ -119,9 +125,11 @@ def _group(group: Group, profile: Profile, refstars, library: TemplateLibrary, o
         return summary, science
     summary["template"] = str(template.path)
     source = fits.getheader(template.path).get("TMPLSRC", template.path.name)
+    movers, summary["skybot"] = _known_movers(science, skybot_cache, log)
     row, pair = difference(science, template.path, engine=profile.transient.engine, out=out_dir,
                            cards=[("TEMPLATE", str(source)[-68:], "reference image subtracted"),
-                                  ("TMPLKIND", template.source, "configured or library")])
+                                  ("TMPLKIND", template.source, "configured or library")],
+                           movers=movers)
     summary["diff"] = Path(row["diff"]).name
     summary["qa"] = {k: row.get(k) for k in ("resid_std_blank", "resid_std_stars",
                                              "kernel_sum", "n_dipoles", "seconds")}
@@ -129,6 +137,7 @@ def _group(group: Group, profile: Profile, refstars, library: TemplateLibrary, o
     cands = pair.candidates
     good = cands[cands["cls"] == "candidate"]
     summary["n_candidates"] = len(good)
+    summary["n_moving"] = row["n_moving"]
     if len(good):
         paths = write_stamps(good, pair.sci, pair.ref, pair.diff, pair.wcs,
                              out_dir / "stamps" / stem)
@@ -142,6 +151,30 @@ def _group(group: Group, profile: Profile, refstars, library: TemplateLibrary, o
     log.info("subtracted", group=group.label, diff=summary["diff"],
              candidates=len(good), **{k: v for k, v in summary["qa"].items() if v is not None})
     return summary, science
+
+
+def _known_movers(science: Path, cache: Path | None, log):
+    """(the known solar-system objects over a frame at its mid-exposure time, or
+    None; a note on what SkyBoT said)."""
+    if cache is None:
+        return None, "not asked (offline)"
+    header = fits.getheader(science)
+    wcs = celestial_wcs(header)
+    if wcs is None:
+        return None, "not asked (no WCS)"
+    ny, nx = header["NAXIS2"], header["NAXIS1"]
+    ra, dec = wcs.all_pix2world([(nx - 1) / 2, 0, nx - 1, 0, nx - 1],
+                                [(ny - 1) / 2, 0, 0, ny - 1, ny - 1], 0)
+    radius = float(sep_deg(ra[1:], dec[1:], ra[0], dec[0]).max())
+    mjd = float(header["MJD-OBS"])
+    if "MJD-BEG" not in header:     # a frame's MJD-OBS is its start, a stack's its middle
+        mjd += float(header.get("EXPTIME", 0.0)) / 2 / 86400
+    try:
+        movers = known_movers(float(ra[0]), float(dec[0]), radius, mjd, cache_dir=cache)
+    except SkybotError as exc:
+        log.warning("SkyBoT not available", frame=science.name, error=str(exc))
+        return None, str(exc)
+    return movers, f"{len(movers)} known solar-system objects over the frame"
 
 
 def _template_grid(template: Path, frame: str, max_scale_diff: float = 0.02):
