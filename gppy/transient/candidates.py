@@ -46,11 +46,12 @@ Features, per detection (v = sign * D, so that every source is positive in v):
                residual (lobes, rings). Nearer, it is the star's (a misalignment
                dipole's lobes lie ~0.5 FWHM from it)
   star_resid_flux
-               the residual such a star leaves: RESIDLEV x the star's flux,
-               RESIDLEV the median over the 15 brightest reference stars of the
-               residual's light beyond the noise, sqrt(sum(D² - N²)) within 2.5
-               FWHM, over the star's flux (0.003 on a good difference, 0.013 on one
-               whose PSFs differ in shape)
+               the star's residual: its light beyond the noise, sqrt(sum(D² - N²))
+               within 2.5 FWHM of the star, over the half away from the detection
+               (doubled); where that half is masked or off the image, RESIDLEV x the
+               star's flux, RESIDLEV the median of that measure over the 15
+               brightest reference stars, over their flux (0.003 on a good
+               difference, 0.013 on one whose PSFs differ in shape)
   excess_snr   (flux - star_resid_flux) / fluxerr beside a star: the light beyond
                the star's residual, in sigma
   dist_edge    distance (px) to the image border or to the nearest pixel without
@@ -528,18 +529,33 @@ def _residual_level(fr: _Frame, rx, ry, rflux, fwhm: float, params: CandidatePar
     that hold a real transient. 0 with fewer than 5 such stars."""
     fractions = []
     for k in np.argsort(-rflux):
-        win = _window(fr.shape, rx[k], ry[k], 2.5 * fwhm)
-        if win is None:
-            continue
-        sl, dx, dy = win
-        inside = dx * dx + dy * dy <= (2.5 * fwhm) ** 2
-        if inside.sum() < 0.9 * math.pi * (2.5 * fwhm) ** 2 or fr.bad[sl][inside].any():
-            continue
-        d, n = fr.data[sl][inside].astype(float), fr.noise[sl][inside].astype(float)
-        fractions.append(math.sqrt(max(float((d * d - n * n).sum()), 0.0)) / rflux[k])
+        energy = _residual_energy(fr, rx[k], ry[k], fwhm)
+        if energy is not None:
+            fractions.append(energy / rflux[k])
         if len(fractions) == params.residual_stars:
             break
     return float(np.median(fractions)) if len(fractions) >= 5 else 0.0
+
+
+def _residual_energy(fr: _Frame, sx: float, sy: float, fwhm: float,
+                     away_from: tuple[float, float] | None = None) -> float | None:
+    """sqrt(sum(D² - N²)) within 2.5 FWHM of a star: its residual's light beyond
+    the noise. With `away_from` (a detection beside it), over the half away from
+    the detection only, doubled. None where pixels are missing or masked."""
+    win = _window(fr.shape, sx, sy, 2.5 * fwhm)
+    if win is None:
+        return None
+    sl, dx, dy = win
+    inside = dx * dx + dy * dy <= (2.5 * fwhm) ** 2
+    full = 0.9 * math.pi * (2.5 * fwhm) ** 2
+    if away_from is not None:
+        inside &= dx * (away_from[0] - sx) + dy * (away_from[1] - sy) < 0
+        full /= 2
+    if inside.sum() < full or fr.bad[sl][inside].any():
+        return None
+    d, n = fr.data[sl][inside].astype(float), fr.noise[sl][inside].astype(float)
+    scale = 2.0 if away_from is not None else 1.0
+    return math.sqrt(scale * max(float((d * d - n * n).sum()), 0.0))
 
 
 def _saturated_regions(mask) -> np.ndarray:
@@ -739,7 +755,9 @@ def find_candidates(diff, noise, sci, ref, mask, wcs: WCS | None, *, fwhm_px: fl
     # beside a star, a detection must stand out from the residual such a star leaves
     level = _residual_level(fr, rx, ry, rflux, fwhm_px, p) if beside.any() else 0.0
     star_resid = np.zeros(n)
-    star_resid[beside] = level * rflux[star[beside]]
+    for i in np.flatnonzero(beside):   # the star's own, on its far side, else typical
+        own = _residual_energy(fr, rx[star[i]], ry[star[i]], fwhm_px, (x[i], y[i]))
+        star_resid[i] = own if own is not None else level * rflux[star[i]]
     with np.errstate(invalid="ignore", divide="ignore"):
         excess_snr = np.where(beside, (col["flux"] - star_resid) / col["fluxerr"], np.nan)
 
