@@ -646,7 +646,8 @@ def find_candidates(diff, noise, sci, ref, mask, wcs: WCS | None, *, fwhm_px: fl
     snr, fwhm_ratio, ellipticity, score, cls, reasons, then the other features
     (sign, flux, fluxerr, neg_ratio, counterpart, dist_edge, dist_masked,
     masked_frac, sat_dist, near_saturated, star_sep_arcsec, star_mag, star_src,
-    n_epochs_cover, n_epochs_seen). Sorted by |snr|, largest first."""
+    beside_star, star_resid_flux, excess_snr, n_epochs_cover, n_epochs_seen). Sorted
+    by |snr|, largest first."""
     p = params or CandidateParams()
     zp = math.nan if zp is None else float(zp)
     sigma = fwhm_px / FWHM_PER_SIGMA
