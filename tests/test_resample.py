@@ -14,8 +14,8 @@ import pytest
 from astropy.wcs import WCS
 
 from gppy.reduction.flags import Pixel
-from gppy.transient.resample import (Resampler, _aperture, _isolated, _render, _stars,
-                                     _synthetic_wcs, kernel, resample)
+from gppy.bench.resample import aperture, isolated, random_stars, render_stars, synthetic_wcs
+from gppy.transient.resample import Resampler, kernel, resample
 
 SIZE = 512
 
@@ -35,9 +35,9 @@ def _moved(w_in: WCS, shift=(0.0, 0.0), rot_deg=0.0, scale=1.0, sip=False) -> WC
 @pytest.fixture(scope="module")
 def field():
     rng = np.random.default_rng(3)
-    w_in = _synthetic_wcs(SIZE)
-    x, y, flux = _stars(SIZE, 70, rng)
-    image = _render((SIZE, SIZE), x, y, flux, 3.0).astype(np.float32) + np.float32(100.0)
+    w_in = synthetic_wcs(SIZE)
+    x, y, flux = random_stars(SIZE, 70, rng)
+    image = render_stars((SIZE, SIZE), x, y, flux, 3.0).astype(np.float32) + np.float32(100.0)
     return w_in, x, y, flux, image
 
 
@@ -84,12 +84,12 @@ def test_flux_and_positions(field, case, kernel_name):
     xo, yo = w_out.all_world2pix(ra, dec, 0)
     edge = 25
     ok = ((xo > edge) & (xo < SIZE - edge) & (yo > edge) & (yo < SIZE - edge)
-          & _isolated(x, y, 25.0))
+          & isolated(x, y, 25.0))
     assert ok.sum() >= 20
     r_in, r_out = 9.0, 9.0 / scale
-    f_in, cx_in, cy_in = _aperture(image - 100.0, x[ok], y[ok], r_in)
+    f_in, cx_in, cy_in = aperture(image - 100.0, x[ok], y[ok], r_in)
     sky_out = 100.0 * scale ** 2   # the sky per output pixel scales with its area
-    f_out, cx, cy = _aperture(out - np.float32(sky_out), xo[ok], yo[ok], r_out)
+    f_out, cx, cy = aperture(out - np.float32(sky_out), xo[ok], yo[ok], r_out)
     ratio = f_out / f_in
     offset = np.hypot(cx - xo[ok], cy - yo[ok])
     rms = np.sqrt(np.mean(offset ** 2))
@@ -112,9 +112,9 @@ def test_coarser_pixels_conserve_flux_on_average(field):
     out = resample(image, None, None, w_in, w_out, image.shape)[0]
     ra, dec = w_in.all_pix2world(x, y, 0)
     xo, yo = w_out.all_world2pix(ra, dec, 0)
-    ok = ((xo > 25) & (xo < SIZE - 25) & (yo > 25) & (yo < SIZE - 25) & _isolated(x, y, 25.0))
-    f_in = _aperture(image - 100.0, x[ok], y[ok], 9.0)[0]
-    f_out = _aperture(out - np.float32(100.0 * 1.3 ** 2), xo[ok], yo[ok], 9.0 / 1.3)[0]
+    ok = ((xo > 25) & (xo < SIZE - 25) & (yo > 25) & (yo < SIZE - 25) & isolated(x, y, 25.0))
+    f_in = aperture(image - 100.0, x[ok], y[ok], 9.0)[0]
+    f_out = aperture(out - np.float32(100.0 * 1.3 ** 2), xo[ok], yo[ok], 9.0 / 1.3)[0]
     ratio = f_out / f_in
     print(f"\nx1.3 pixels: flux ratio median {np.median(ratio):.5f}, std {ratio.std():.5f}")
     assert abs(np.median(ratio) - 1) < 0.003 and ratio.std() < 0.01
@@ -139,7 +139,7 @@ def test_err_per_pixel_and_the_correlation_it_hides():
     rng = np.random.default_rng(5)
     noise = rng.normal(0, 10, (n, n)).astype(np.float32)
     err = np.full((n, n), 10.0, np.float32)
-    w_in = _moved(_synthetic_wcs(n))
+    w_in = _moved(synthetic_wcs(n))
     w_out = _moved(w_in, shift=(0.5, 0.5))
     out, mask, e, foot = resample(noise, None, err, w_in, w_out, (n, n))
     core = (slice(8, -8), slice(8, -8))
@@ -162,7 +162,7 @@ def test_err_per_pixel_and_the_correlation_it_hides():
 
 def test_mask_bits_reach_every_pixel_a_bad_pixel_touches():
     n = 128
-    w_in = _moved(_synthetic_wcs(n))
+    w_in = _moved(synthetic_wcs(n))
     data = np.full((n, n), 50.0, np.float32)
     mask = np.zeros((n, n), np.uint16)
     mask[60, 40] = Pixel.COSMIC
@@ -212,7 +212,7 @@ def test_speed_of_a_2k_frame():
     data = rng.normal(100, 10, (n, n)).astype(np.float32)
     err = np.full((n, n), 10.0, np.float32)
     mask = np.zeros((n, n), np.uint16)
-    w_in = _synthetic_wcs(n)
+    w_in = synthetic_wcs(n)
     w_out = _moved(w_in, shift=(13.37, -7.61), rot_deg=0.3)
     cpu = time.process_time()
     resample(data, mask, err, w_in, w_out, (n, n))

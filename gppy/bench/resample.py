@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from astropy.wcs import WCS, Sip
 
 from gppy.bench import BENCH_SEED, in_fresh_process
 
@@ -63,9 +64,7 @@ TARGET_FLUX = 1e-3               # our flux conservation
 
 def grids(size: int):
     """(input TAN-SIP WCS, output TAN WCS, the rotation matrix) of the benchmark."""
-    from gppy.transient.resample import _synthetic_wcs
-
-    w_in = _synthetic_wcs(size)
+    w_in = synthetic_wcs(size)
     w_out = w_in.deepcopy()
     th = math.radians(ROTATION_DEG)
     rot = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
@@ -109,6 +108,72 @@ def _candidate(name: str, image_file: Path, size: int, out: Path) -> tuple[float
     return wall, cpu, peak_rss_bytes()
 
 
+# ------------------------------------------------- synthetic frames (also the tests')
+
+def synthetic_wcs(size: int, pixscale_arcsec: float = 0.794) -> WCS:
+    """A TAN-SIP grid with a few 1e-3 of distortion at the corners, as the pipeline fits."""
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN-SIP", "DEC--TAN-SIP"]
+    w.wcs.crval = [143.72, 21.71]
+    w.wcs.crpix = [size / 2 + 0.5, size / 2 + 0.5]
+    s = pixscale_arcsec / 3600.0
+    w.wcs.cd = [[-s, 0.0], [0.0, s]]
+    a = np.zeros((4, 4))
+    b = np.zeros((4, 4))
+    k = 2048 / size
+    a[2, 0], a[0, 2], b[1, 1], a[1, 2] = 4e-7 * k, -2e-7 * k, 3e-7 * k, 1e-10
+    ap, bp = -a, -b   # a first-order inverse, refined by astropy's iterative solver
+    w.sip = Sip(a, b, ap, bp, w.wcs.crpix)
+    return w
+
+
+def random_stars(size: int, n: int, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(x, y, flux) of n stars 24 px or more inside a SIZE x SIZE frame, fluxes 1e4-1e6."""
+    edge = 24
+    x, y = rng.uniform(edge, size - edge, (2, n))
+    return x, y, 10 ** rng.uniform(4, 6, n)
+
+
+def render_stars(shape, x, y, flux, fwhm_px: float) -> np.ndarray:
+    """Gaussian stars integrated over each pixel (exact pixel fluxes)."""
+    from scipy.special import erf
+
+    image = np.zeros(shape)
+    s = fwhm_px / 2.3548 * math.sqrt(2)   # erf argument: (x - x0) / (sigma sqrt 2)
+    r = int(math.ceil(5 * fwhm_px))
+    for xi, yi, fi in zip(x, y, flux):
+        x0, y0 = int(round(xi)), int(round(yi))
+        xs = np.arange(max(0, x0 - r), min(shape[1], x0 + r + 1))
+        ys = np.arange(max(0, y0 - r), min(shape[0], y0 + r + 1))
+        fx = 0.5 * (erf((xs + 0.5 - xi) / s) - erf((xs - 0.5 - xi) / s))
+        fy = 0.5 * (erf((ys + 0.5 - yi) / s) - erf((ys - 0.5 - yi) / s))
+        image[ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1] += fi * np.outer(fy, fx)
+    return image
+
+
+def aperture(image, x, y, r):
+    """(sum within r, moment centroid x, y within 4 px) around each (x, y)."""
+    yy, xx = np.mgrid[-int(r) - 1:int(r) + 2, -int(r) - 1:int(r) + 2]
+    sums, cx, cy = [], [], []
+    for xi, yi in zip(x, y):
+        x0, y0 = int(round(xi)), int(round(yi))
+        patch = image[y0 + yy, x0 + xx]
+        inside = (xx + x0 - xi) ** 2 + (yy + y0 - yi) ** 2 <= r * r
+        sums.append(patch[inside].sum())
+        win = (xx + x0 - xi) ** 2 + (yy + y0 - yi) ** 2 <= 16
+        cx.append((patch * (xx + x0))[win].sum() / patch[win].sum())
+        cy.append((patch * (yy + y0))[win].sum() / patch[win].sum())
+    return np.array(sums), np.array(cx), np.array(cy)
+
+
+def isolated(x, y, radius):
+    """Stars without a neighbour within `radius`."""
+    from scipy.spatial import cKDTree
+
+    d, _ = cKDTree(np.c_[x, y]).query(np.c_[x, y], k=2)
+    return d[:, 1] > radius
+
+
 def register(sub) -> None:
     import argparse
 
@@ -124,19 +189,17 @@ def register(sub) -> None:
 
 def run(args) -> int:
 
-    from gppy.transient.resample import _aperture, _isolated, _render, _stars
-
     size = args.size
     rng = np.random.default_rng(BENCH_SEED)
     w_in, w_out, rot = grids(size)
-    x, y, flux = _stars(size, N_STARS, rng)
-    image = _render((size, size), x, y, flux, FWHM_PX).astype(np.float32)
+    x, y, flux = random_stars(size, N_STARS, rng)
+    image = render_stars((size, size), x, y, flux, FWHM_PX).astype(np.float32)
     ra, dec = w_in.all_pix2world(x, y, 0)
     xo, yo = w_out.all_world2pix(ra, dec, 0)
     edge = ISOLATION_PX
     ok = ((xo > edge) & (xo < size - edge) & (yo > edge) & (yo < size - edge)
-          & _isolated(x, y, ISOLATION_PX))
-    f_in, cx_in, cy_in = _aperture(image, x[ok], y[ok], APERTURE_PX)
+          & isolated(x, y, ISOLATION_PX))
+    f_in, cx_in, cy_in = aperture(image, x[ok], y[ok], APERTURE_PX)
     bx, by = cx_in - x[ok], cy_in - y[ok]   # the centroid's own bias, rotated below
     print(f"resampling a {size} x {size} frame of {N_STARS} stars ({ok.sum()} scored), "
           f"shift {SHIFT_PX} px, rotation {ROTATION_DEG} deg:", flush=True)
@@ -150,7 +213,7 @@ def run(args) -> int:
             # A fresh process per candidate: its peak RSS is its own.
             wall, cpu, peak = in_fresh_process(_candidate, name, image_file, size, out)
             result = np.nan_to_num(np.load(out).astype(np.float64))
-            f_out, cx, cy = _aperture(result, xo[ok], yo[ok], APERTURE_PX)
+            f_out, cx, cy = aperture(result, xo[ok], yo[ok], APERTURE_PX)
             ratio = f_out / f_in
             dx = (cx - xo[ok]) - (rot[0, 0] * bx + rot[0, 1] * by)
             dy = (cy - yo[ok]) - (rot[1, 0] * bx + rot[1, 1] * by)
