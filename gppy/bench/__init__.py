@@ -4,6 +4,19 @@ they replace (`gppy bench ...`): speed, peak memory and agreement of results."""
 BENCH_SEED = 20240314   # every benchmark simulates with this seed unless told otherwise
 
 
+def add_benchmark(sub, name: str, *, help: str, doc: str, run, json_fields: str):
+    """The parser of `gppy bench NAME`: its description the module docstring `doc`
+    (as written), --json ("end with one JSON line: <json_fields>"), `run` the
+    function called; the caller adds its own options to the parser returned."""
+    import argparse
+
+    p = sub.add_parser(name, help=help, description=doc,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", action="store_true", help=f"end with one JSON line: {json_fields}")
+    p.set_defaults(func=run)
+    return p
+
+
 def add_simulation_arguments(parser, *, frames: int, obs: str | None = None,
                              size: int = 4096, seed: bool = True) -> None:
     """The options of a benchmark run on simulated frames: --obs (when the benchmark

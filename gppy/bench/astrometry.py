@@ -60,7 +60,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gppy.bench import add_simulation_arguments, in_fresh_process
+from gppy.bench import add_benchmark, add_simulation_arguments, in_fresh_process
 
 GB = 1e9
 BENCH_OBS = "KCT"              # 4096 x 4096 CCD, 0.724"/px: 49'
@@ -225,16 +225,12 @@ def _wcs(header_text: str, shape: tuple[int, int]):
 # --------------------------------------------------------------------------- command
 
 def register(sub) -> None:
-    import argparse
-
-    p = sub.add_parser("astrometry", help="astrometric solution: gppy vs plain solve-field",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_benchmark(sub, "astrometry", help="astrometric solution: gppy vs plain solve-field",
+                      doc=__doc__, run=run,
+                      json_fields="ours_s_per_frame, peer_s_per_frame, ratio, ours_rms_arcsec, "
+                                  "peer_rms_arcsec, ours_truth_max_px, peer_truth_max_px, "
+                                  "ours_solved, peer_solved, peak_rss_gb, ...")
     add_simulation_arguments(p, frames=3, obs=BENCH_OBS)
-    p.add_argument("--json", action="store_true",
-                   help="end with one JSON line: ours_s_per_frame, peer_s_per_frame, ratio, "
-                        "ours_rms_arcsec, peer_rms_arcsec, ours_truth_max_px, peer_truth_max_px, "
-                        "ours_solved, peer_solved, peak_rss_gb, ...")
-    p.set_defaults(func=run)
 
 
 def _pooled_rms(values: list[float | None], weights: list[int]) -> float | None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gppy.bench import in_fresh_process
+from gppy.bench import add_benchmark, in_fresh_process
 
 GB = 1e9
 CANDIDATES = {
@@ -33,17 +33,15 @@ BIAS_ADU, READ_NOISE_ADU, NANS_PER_FRAME = 1000.0, 5.0, 10
 
 
 def register(sub) -> None:
-    p = sub.add_parser("combine", help="median master: gppy vs ccdproc.combine vs numpy.median",
-                       description=__doc__)
+    p = add_benchmark(sub, "combine", help="median master: gppy vs ccdproc.combine vs numpy.median",
+                      doc=__doc__, run=run,
+                      json_fields="ours_s, ccdproc_s, numpy_s, ratio_vs_ccdproc, ratio_vs_numpy, "
+                                  "peak_rss_gb, max_rel_diff, ...")
     p.add_argument("--n", type=int, default=15, help="frames (default 15)")
     p.add_argument("--size", type=int, default=4096, help="frames are SIZE x SIZE float32 (default 4096)")
     p.add_argument("--mem-limit", type=float, default=2.0, metavar="GB",
                    help="memory limit for gppy and ccdproc (default 2)")
     p.add_argument("--ncores", type=int, default=2, help="threads for gppy (default 2)")
-    p.add_argument("--json", action="store_true",
-                   help="end with one JSON line: ours_s, ccdproc_s, numpy_s, ratio_vs_ccdproc, "
-                        "ratio_vs_numpy, peak_rss_gb, max_rel_diff, ...")
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:

@@ -61,7 +61,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from gppy.bench import BENCH_SEED, add_simulation_arguments, in_fresh_process
+from gppy.bench import add_benchmark, add_simulation_arguments, BENCH_SEED, in_fresh_process
 
 GB = 1e9
 STRONG_SIGMA = 10.0            # cosmic-ray pixels and star peaks "> 10 sigma"
@@ -340,17 +340,13 @@ def peak_rss_bytes() -> int:
 # --------------------------------------------------------------------------- command
 
 def register(sub) -> None:
-    import argparse
-
-    p = sub.add_parser("cosmics", help="cosmic-ray masks: gppy vs astroscrappy, legacy parameters",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_benchmark(sub, "cosmics", help="cosmic-ray masks: gppy vs astroscrappy, legacy parameters",
+                      doc=__doc__, run=run,
+                      json_fields="ours_s_per_frame, legacy_s_per_frame, ratio, ours_recovery, "
+                                  "legacy_recovery, ours_star_core_flagged, "
+                                  "legacy_star_core_flagged, peak_rss_gb, ...")
     add_simulation_arguments(p, frames=2)
     p.add_argument("--threads", type=int, help="threads for gppy (default: its own, the cores)")
-    p.add_argument("--json", action="store_true",
-                   help="end with one JSON line: ours_s_per_frame, legacy_s_per_frame, ratio, "
-                        "ours_recovery, legacy_recovery, ours_star_core_flagged, "
-                        "legacy_star_core_flagged, peak_rss_gb, ...")
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:

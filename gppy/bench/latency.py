@@ -25,20 +25,20 @@ import tempfile
 import time
 from pathlib import Path
 
+from gppy.bench import add_benchmark
+
 TOKEN = "xoxb-bench-latency"
 
 
 def register(sub) -> None:
-    p = sub.add_parser("latency", help="last byte uploaded -> 'done' message, and its parts",
-                       description=__doc__)
+    p = add_benchmark(sub, "latency", help="last byte uploaded -> 'done' message, and its parts",
+                      doc=__doc__, run=run,
+                      json_fields="latency_s, settle_wait_s, routine_s, other_s, ...")
     p.add_argument("--obs", default="LOAO", help="observatory to simulate (default LOAO)")
     p.add_argument("--size", type=int, default=512, help="frames are SIZE x SIZE (default 512)")
     p.add_argument("--settle", type=float, default=10.0, help="gpwatch --settle (default 10 s)")
     p.add_argument("--poll", type=float, default=1.0, help="gpwatch --poll (default 1 s)")
     p.add_argument("--ncores", type=int, default=2, help="gpwatch cores (default 2)")
-    p.add_argument("--json", action="store_true",
-                   help="end with one JSON line: latency_s, settle_wait_s, routine_s, other_s, ...")
-    p.set_defaults(func=run)
 
 
 def _stamp(line: str) -> float:

@@ -64,7 +64,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gppy.bench import add_simulation_arguments, in_fresh_process
+from gppy.bench import add_benchmark, add_simulation_arguments, in_fresh_process
 
 GB = 1e9
 BENCH_OBS = "LOAO"
@@ -244,17 +244,13 @@ def _finite(v) -> bool:
 # --------------------------------------------------------------------------- command
 
 def register(sub) -> None:
-    import argparse
-
-    p = sub.add_parser("phot", help="photometry: gppy (detection, apertures, zero point) vs "
-                                    "photutils aperture_photometry on the same positions",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_benchmark(sub, "phot", help="photometry: gppy (detection, apertures, zero point) vs "
+                                        "photutils aperture_photometry on the same positions",
+                      doc=__doc__, run=run,
+                      json_fields="ours_s_per_frame, peer_s_per_frame, ratio, flux_dev_median, "
+                                  "flux_dev_max, fluxerr_dev_max, zp_mag, peak_rss_gb, "
+                                  "peer_peak_rss_gb, per_frame, ...")
     add_simulation_arguments(p, frames=2, obs=BENCH_OBS)
-    p.add_argument("--json", action="store_true",
-                   help="end with one JSON line: ours_s_per_frame, peer_s_per_frame, ratio, "
-                        "flux_dev_median, flux_dev_max, fluxerr_dev_max, zp_mag, peak_rss_gb, "
-                        "peer_peak_rss_gb, per_frame, ...")
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:

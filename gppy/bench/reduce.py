@@ -21,18 +21,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from gppy.bench import add_simulation_arguments
+from gppy.bench import add_benchmark, add_simulation_arguments
 
 GB = 1e9
 
 
 def register(sub) -> None:
-    p = sub.add_parser("reduce", help="calibration throughput: gppy (1/2 cores, +/- cosmic rays) "
-                                      "vs ccdproc.ccd_process", description=__doc__)
+    p = add_benchmark(sub, "reduce", help="calibration throughput: gppy (1/2 cores, +/- cosmic rays) "
+                                          "vs ccdproc.ccd_process", doc=__doc__, run=run,
+                      json_fields="frames per minute of each run, ratios, peak RSS")
     add_simulation_arguments(p, frames=10, obs="LOAO", seed=False)
-    p.add_argument("--json", action="store_true",
-                   help="end with one JSON line: frames per minute of each run, ratios, peak RSS")
-    p.set_defaults(func=run)
 
 
 def _night(tmp: Path, obs: str, size: int, n_frames: int):

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from astropy.wcs import WCS, Sip
 
-from gppy.bench import BENCH_SEED, in_fresh_process
+from gppy.bench import add_benchmark, BENCH_SEED, in_fresh_process
 
 GB = 1e9
 OURS = "ours lanczos3"
@@ -175,16 +175,12 @@ def isolated(x, y, radius):
 
 
 def register(sub) -> None:
-    import argparse
-
-    p = sub.add_parser("resample", help="resampling onto another WCS: gppy vs reproject",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_benchmark(sub, "resample", help="resampling onto another WCS: gppy vs reproject",
+                      doc=__doc__, run=run,
+                      json_fields="candidates (per candidate: wall_s, cpu_s, peak_rss_gb, "
+                                  "flux_ratio_median, flux_ratio_std, flux_conservation, "
+                                  "position_rms_px), ratio (per peer), ours_flux_conservation, ...")
     p.add_argument("--size", type=int, default=2048, help="the frame is SIZE x SIZE (default 2048)")
-    p.add_argument("--json", action="store_true",
-                   help="end with one JSON line: candidates (per candidate: wall_s, cpu_s, "
-                        "peak_rss_gb, flux_ratio_median, flux_ratio_std, flux_conservation, "
-                        "position_rms_px), ratio (per peer), ours_flux_conservation, ...")
-    p.set_defaults(func=run)
 
 
 def run(args) -> int:

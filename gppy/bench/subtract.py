@@ -73,7 +73,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gppy.bench import BENCH_SEED, in_fresh_process
+from gppy.bench import add_benchmark, BENCH_SEED, in_fresh_process
 
 GB = 1e9
 DEFAULT_SIZES = (2048, 4096)
@@ -332,20 +332,17 @@ def score(out: Path, pair: SimulatedPair, analysed, seconds: float, peak: int) -
 # --------------------------------------------------------------------------- command
 
 def register(sub) -> None:
-    import argparse
-
-    p = sub.add_parser("subtract", help="image subtraction: the built-in engine vs HOTPANTS",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = add_benchmark(sub, "subtract", help="image subtraction: the built-in engine vs HOTPANTS",
+                      doc=__doc__, run=run,
+                      json_fields="sizes, engines (per size, per engine: seconds, peak_rss_gb, "
+                                  "resid_std_blank, resid_std_stars, recovered, injected, ...; "
+                                  "null for an engine not run), ratio_hotpants, "
+                                  "hotpants_available, ...")
     p.add_argument("--sizes", type=_sizes, default=DEFAULT_SIZES, metavar="N,N",
                    help="pairs of N x N px, comma-separated (default "
                         f"{','.join(map(str, DEFAULT_SIZES))})")
     p.add_argument("--seed", type=int, default=BENCH_SEED,
                    help=f"simulation seed (default {BENCH_SEED})")
-    p.add_argument("--json", action="store_true",
-                   help="end with one JSON line: sizes, engines (per size, per engine: seconds, "
-                        "peak_rss_gb, resid_std_blank, resid_std_stars, recovered, injected, ...; "
-                        "null for an engine not run), ratio_hotpants, hotpants_available, ...")
-    p.set_defaults(func=run)
 
 
 def _sizes(text: str) -> tuple[int, ...]:
