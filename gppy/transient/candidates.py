@@ -683,15 +683,17 @@ def find_candidates(diff, noise, sci, ref, mask, wcs: WCS | None, *, fwhm_px: fl
     meas = [_measure(fr, s, x, y, sigma, search) for s, x, y in dets]
     n = len(meas)
     sign = np.array([d[0] for d in dets], int)
+    # each detection's nearest reference star, and its separation (px)
     star = np.full(n, -1)
+    star_px = np.full(n, np.inf)
     beside = np.zeros(n, bool)
     if n and rx.size:
         xm, ym = (np.array([getattr(m, k) for m in meas]) for k in ("x", "y"))
         dist = np.hypot(xm[:, None] - rx[None, :], ym[:, None] - ry[None, :])
         star = dist.argmin(axis=1)
-        dmin = dist[np.arange(n), star]
+        star_px = dist[np.arange(n), star]
         lo, hi = (f * fwhm_px for f in p.beside_star_fwhm)
-        beside = (sign > 0) & (dmin * pix > on_star) & (dmin >= lo) & (dmin <= hi)
+        beside = (sign > 0) & (star_px * pix > on_star) & (star_px >= lo) & (star_px <= hi)
         for k in np.flatnonzero(beside):
             meas[k] = _measure(fr, 1, meas[k].x, meas[k].y, sigma, search,
                                (rx[star[k]], ry[star[k]]))
@@ -742,15 +744,13 @@ def find_candidates(diff, noise, sci, ref, mask, wcs: WCS | None, *, fwhm_px: fl
         if "mag" in known_stars.colnames:
             star_mag[hit] = np.asarray(known_stars["mag"], float)[idx[hit]]
         star_src[hit] = "catalog"
-    if n and rx.size:
-        d = np.hypot(x[:, None] - rx[None, :], y[:, None] - ry[None, :]) * pix
-        j = d.argmin(axis=1)
-        dmin = d[np.arange(n), j]
-        hit = (dmin <= on_star) & (star_src == "")
-        star_sep[hit] = dmin[hit]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            star_mag[hit] = -2.5 * np.log10(rflux[j[hit]] / exptime_s) + zp
-        star_src[hit] = "reference"
+    # (a detection beside a star is 1 FWHM or more from it: re-measuring it there
+    # does not bring it onto the star)
+    hit = (star_px * pix <= on_star) & (star_src == "")
+    star_sep[hit] = star_px[hit] * pix
+    with np.errstate(invalid="ignore", divide="ignore"):
+        star_mag[hit] = -2.5 * np.log10(rflux[star[hit]] / exptime_s) + zp
+    star_src[hit] = "reference"
     on_star = star_src != ""
 
     # beside a star, a detection must stand out from the residual such a star leaves
