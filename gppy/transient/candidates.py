@@ -244,13 +244,20 @@ def _snr_map(fr: _Frame, sigma: float) -> np.ndarray:
 
 
 def _map_width(snr_map: np.ndarray, bad: np.ndarray) -> float:
-    """The robust standard deviation (1.4826 MAD) of an S/N map's good pixels below
-    4 (the sources left out)."""
+    """The robust standard deviation (1.4826 MAD) of an S/N map's good pixels
+    within 4 widths of the median (the sources left out), iterated: a fixed cut
+    would truncate a wide map and underestimate it (by 10 % at width 2.4). At
+    most 10⁶ pixels, evenly spaced, are used."""
     values = snr_map[~bad]
-    values = values[np.abs(values) < 4.0]
     if values.size < 1000:
         return 1.0
-    return float(1.4826 * np.median(np.abs(values - np.median(values))))
+    values = values[::max(1, values.size // 1_000_000)]
+    centre, width = 0.0, math.inf
+    for _ in range(4):
+        kept = values[np.abs(values - centre) < 4.0 * width]
+        centre = float(np.median(kept))
+        width = float(1.4826 * np.median(np.abs(kept - centre)))
+    return width
 
 
 def _unit_snr_map(fr: _Frame, sigma: float) -> tuple[np.ndarray, float]:
