@@ -421,6 +421,24 @@ def test_artefacts_rejected_with_reasons(night):
     assert counts["cr"] >= 2 * N_FRAMES and counts["saturated"] == N_FRAMES
 
 
+def test_transient_beside_a_saturated_star_is_not_its_halo():
+    """Within a saturated star's reach a detection is its halo only when it is faint
+    against the star light beneath it: a transient on dark sky 18 px from the
+    saturated core is a candidate, the halo's residual (3 % of the wings) stays
+    rejected."""
+    rng = np.random.default_rng(7)
+    scene = make_scene(rng)
+    sx, sy = SHAPE[1] * 0.3 + 0.3, SHAPE[0] * 0.7 + 0.6     # make_frame's saturated star
+    tx, ty = sx + 18.0, sy - 4.0
+    fr = make_frame(scene, rng, extra_sci=[(tx, ty, 2500.0)])
+    t = run(fr)
+    i = nearest(t, tx, ty)
+    assert i is not None and t["cls"][i] == "candidate", t[i]["reasons", "sat_light", "flux"]
+    assert np.isfinite(t["sat_light"][i]) and t["sat_light"][i] > 0    # within the reach
+    halo = [k for k in _rows_near(t, sx, sy, 60.0) if k != i]
+    assert halo and all("saturated_star" in t["reasons"][k].split(",") for k in halo)
+
+
 def test_varied_known_stars_are_variable(night):
     frames, tables, _ = night
     for fr, t in zip(frames, tables):

@@ -59,10 +59,18 @@ Features, per detection (v = sign * D, so that every source is positive in v):
   dist_masked  distance (px) to the nearest pixel with mask != 0 (capped likewise)
   masked_frac  fraction of the PSF weight (Gaussian, within 2 FWHM) on masked pixels
   sat_dist     distance (px) to the nearest saturated region (mask bit 8: its
-               bounding box); near_saturated when within sat_radius_fwhm FWHM +
-               sat_radius_scale r_eq, r_eq = sqrt(n_pixels / pi) of the region:
+               bounding box), within whose reach, sat_radius_fwhm FWHM +
+               sat_radius_scale r_eq (r_eq = sqrt(n_pixels / pi) of the region:
                the brighter the star, the larger its saturated core and the
-               farther its residual halo, spikes and ghosts reach
+               farther its residual halo, spikes and ghosts reach), a detection
+               may be that star's halo
+  sat_light    there: the static light beneath the detection, the PSF-weighted
+               flux of the reference above its median at (x, y) (NaN farther
+               out). near_saturated: within the reach, and |flux| at most
+               sat_halo_fraction (0.1) of sat_light, which a PSF mismatch of the
+               star's wings could leave; a transient on dark sky beside a
+               saturated star is brighter than that. Without a reference, every
+               detection within the reach
   star_sep_arcsec, star_mag, star_src
                the nearest known star within `match_radius_arcsec` (1"): from the
                `known_stars` catalogue (ra, dec, mag; star_src 'catalog') or a
@@ -170,6 +178,7 @@ class CandidateParams:
     shape_noise_ell: float = 1.8              # sigma of the ellipticity ~ this / |snr|
     sat_radius_fwhm: float = 3.0
     sat_radius_scale: float = 4.0
+    sat_halo_fraction: float = 0.1            # of the static light beneath: a halo
     match_radius_arcsec: float = 1.0
     ref_star_snr: float = 20.0
     ref_star_size: float = 1.25
@@ -582,6 +591,21 @@ def _saturated_regions(mask) -> np.ndarray:
     return np.array(rows, float)
 
 
+def _static_light(ref, bad, x, y, sigma) -> np.ndarray:
+    """The PSF-weighted flux (as `_psf_flux`) of the reference above the median of
+    its good pixels at each (x, y): the light that stays, beneath a detection."""
+    ref = np.asarray(ref)
+    good = ~bad & np.isfinite(ref)
+    sky = float(np.median(ref[good])) if good.any() else 0.0
+    fwhm = FWHM_PER_SIGMA * sigma
+    out = np.full(len(x), np.nan)
+    for i, (xi, yi) in enumerate(zip(x, y)):
+        sl, dx, dy = _window(ref.shape, xi, yi, 2 * fwhm + 1)
+        out[i] = _psf_flux(ref[sl].astype(float) - sky, np.ones(dx.shape), good[sl], dx, dy,
+                           sigma)[0]
+    return out
+
+
 def _saturation_distance(regions, x, y, fwhm, params: CandidateParams):
     """(distance px to the nearest saturated region, inside its influence radius?)."""
     if len(regions) == 0:
@@ -652,7 +676,7 @@ def find_candidates(diff, noise, sci, ref, mask, wcs: WCS | None, *, fwhm_px: fl
     detection (see the module docstring). Columns: id, x, y, ra, dec, mag, magerr,
     snr, fwhm_ratio, ellipticity, score, cls, reasons, then the other features
     (sign, flux, fluxerr, neg_ratio, counterpart, dist_edge, dist_masked,
-    masked_frac, sat_dist, near_saturated, star_sep_arcsec, star_mag, star_src,
+    masked_frac, sat_dist, sat_light, near_saturated, star_sep_arcsec, star_mag, star_src,
     beside_star, star_resid_flux, excess_snr, n_epochs_cover, n_epochs_seen). Sorted
     by |snr|, largest first."""
     p = params or CandidateParams()
@@ -736,6 +760,10 @@ def find_candidates(diff, noise, sci, ref, mask, wcs: WCS | None, *, fwhm_px: fl
         counterpart = (near & comparable & np.isfinite(flux)[None, :]).any(axis=1)
 
     sat_dist, near_sat = _saturation_distance(_saturated_regions(mask), x, y, fwhm_px, p)
+    sat_light = np.full(n, np.nan)
+    if ref is not None and near_sat.any():
+        sat_light[near_sat] = _static_light(ref, fr.bad, x[near_sat], y[near_sat], sigma)
+        near_sat &= ~(np.abs(col["flux"]) > p.sat_halo_fraction * sat_light)
 
     # known stars: catalogue, then bright point-like sources of the reference
     star_sep = np.full(n, np.nan)
@@ -845,6 +873,7 @@ def find_candidates(diff, noise, sci, ref, mask, wcs: WCS | None, *, fwhm_px: fl
                "neg_ratio": col["neg_ratio"], "counterpart": counterpart,
                "dist_edge": col["dist_edge"], "dist_masked": col["dist_masked"],
                "masked_frac": col["masked_frac"], "sat_dist": sat_dist,
+               "sat_light": sat_light * apcorr,
                "near_saturated": near_sat, "star_sep_arcsec": star_sep, "star_mag": star_mag,
                "star_src": star_src, "beside_star": beside, "star_resid_flux": star_resid * apcorr,
                "excess_snr": excess_snr,
