@@ -661,14 +661,14 @@ def convolve_variance(var: np.ndarray, sol: KernelSolution, tile: int = 256) -> 
 def residual_sky(diff: np.ndarray, noise: np.ndarray, blank: np.ndarray, degree: int,
                  max_pixels: int = 200_000, clip_sigma: float = 4.0) -> np.ndarray:
     """The smooth sky left in a difference: a polynomial of `degree` in x, y fitted to
-    its `blank` pixels (at most max_pixels of them, evenly spaced), weighted by
-    1 / noise², pixels beyond clip_sigma dropped over three passes. Zero with fewer
-    than 100 blank pixels."""
-    ys, xs = np.nonzero(blank)
+    its `blank` pixels (those of a regular grid of about max_pixels pixels), weighted
+    by 1 / noise², pixels beyond clip_sigma dropped over three passes. Zero with
+    fewer than 100 blank pixels there."""
+    step = max(1, int(math.sqrt(diff.size / max_pixels)))
+    ys, xs = np.nonzero(blank[::step, ::step])
     if len(xs) < 100:
         return np.zeros(diff.shape, np.float32)
-    step = max(1, len(xs) // max_pixels)
-    xs, ys = xs[::step], ys[::step]
+    xs, ys = xs * step, ys * step
     value, sigma = diff[ys, xs].astype(float), noise[ys, xs].astype(float)
     design = poly_terms(xs, ys, degree, diff.shape).T / sigma[:, None]
     target = value / sigma
@@ -743,7 +743,7 @@ def _builtin(sci, ref, sci_mask, ref_mask, sci_err, ref_err, pair: Pair, params)
     # the kernel cannot move (wings beyond its reach): the sky of the difference is
     # fitted again on blank sky and removed
     sky = residual_sky(diff, noise, (mask == 0) & ~pair.near_sources, sol.bg_degree)
-    diff[~undefined] -= sky[~undefined]
+    np.subtract(diff, sky, out=diff, where=~undefined)
     info = dict(sigmas_px=[round(v, 3) for v in sigmas], degrees=list(basis.degrees),
                 half_width_px=h, stamp_half_px=s, spatial_degree=sol.spatial_degree,
                 bg_degree=sol.bg_degree, kernel_sum=sol.a0, mask_grow_px=radius)
