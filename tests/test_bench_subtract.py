@@ -1,4 +1,4 @@
-"""`gppy bench subtract` end to end, small: one simulated 1024 x 1024 pair, run as the
+"""`gppy bench subtract` end to end, small: one simulated 512 x 512 pair, run as the
 installed console script; its JSON line must hold the built-in engine's figures
 (residuals near 1, most transients recovered) and say whether HOTPANTS ran."""
 
@@ -28,25 +28,25 @@ def bench_json(gppy_bin, cwd, *args: str, env=None) -> tuple[str, dict]:
 
 
 def test_bench_subtract_json(gppy_bin, tmp_path):
-    stdout, summary = bench_json(gppy_bin, tmp_path, "subtract", "--sizes", "1024")
+    stdout, summary = bench_json(gppy_bin, tmp_path, "subtract", "--sizes", "512")
     for key in ("sizes", "engines", "ratio_hotpants", "hotpants_available", "peers_not_run",
                 "scene"):
         assert key in summary, key
-    assert summary["sizes"] == [1024] and set(summary["engines"]) == {"1024"}
-    rows = summary["engines"]["1024"]
+    assert summary["sizes"] == [512] and set(summary["engines"]) == {"512"}
+    rows = summary["engines"]["512"]
     ours = rows["builtin"]
     for key in KEYS:
         assert key in ours, key
     assert ours["seconds"] > 0 and 0 < ours["peak_rss_gb"] < 4
     assert 0.9 <= ours["resid_std_blank"] <= 1.15
     assert math.isfinite(ours["resid_std_stars"]) and ours["resid_std_stars"] <= 1.5
-    assert ours["injected"] == summary["scene"]["1024"]["transients"] >= 5
+    assert ours["injected"] == summary["scene"]["512"]["transients"] >= 5
     assert ours["recovered"] >= 0.8 * ours["injected"]
     available = shutil.which("hotpants") is not None
     assert summary["hotpants_available"] is available
     if available:
         assert all(key in rows["hotpants"] for key in KEYS)
-        assert summary["ratio_hotpants"]["1024"] == pytest.approx(
+        assert summary["ratio_hotpants"]["512"] == pytest.approx(
             rows["hotpants"]["seconds"] / ours["seconds"], rel=0.02, abs=0.01)
     else:
         assert rows["hotpants"] is None and summary["ratio_hotpants"] is None
