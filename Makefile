@@ -18,7 +18,7 @@ APT_PACKAGES := systemd astrometry.net \
 DEMO_OBS   ?= LOAO
 DEMO_DIR   ?= demo
 DEMO_DATE  ?= 2024-03-14
-DEMO_NIGHT ?= 2024_0314   # LOAO's night-folder name for DEMO_DATE
+DEMO_NIGHTS ?= 2024_0314 2024_0315   # LOAO's night folders from DEMO_DATE on
 
 .PHONY: demo test apt venv clean
 
@@ -40,11 +40,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# A simulated LOAO night (real Tycho-2 star fields, known truth), then the night routine.
+# Two simulated LOAO nights (real Tycho-2 star fields, known truth), each through the
+# night routine: the first night's stacks become the templates, the second night's are
+# subtracted and its transients found. --refcat: the simulated stars are not in Gaia or PS1.
 demo: apt venv
-	$(BIN)/gppy simulate $(DEMO_OBS) $(DEMO_DIR)/raw --date $(DEMO_DATE)
-	$(BIN)/gppy process $(DEMO_OBS) $(DEMO_DIR)/raw/$(strip $(DEMO_NIGHT)) --data-dir $(DEMO_DIR)/data \
-	  --refcat $(DEMO_DIR)/raw/refcat.ecsv   # the simulated stars: not in Gaia or PS1
+	$(BIN)/gppy simulate $(DEMO_OBS) $(DEMO_DIR)/raw --date $(DEMO_DATE) --nights $(words $(DEMO_NIGHTS))
+	for night in $(DEMO_NIGHTS); do \
+	  $(BIN)/gppy process $(DEMO_OBS) $(DEMO_DIR)/raw/$$night --data-dir $(DEMO_DIR)/data \
+	    --refcat $(DEMO_DIR)/raw/refcat.ecsv || exit 1; \
+	done
 
 test: apt venv
 	$(BIN)/pytest

@@ -4,6 +4,8 @@ about input that cannot be calibrated."""
 
 from __future__ import annotations
 
+import math
+
 import hashlib
 import re
 import shutil
@@ -305,6 +307,43 @@ def test_frames_of_another_binning_get_no_masters(tmp_path):
     assert {m.path.name for m in result.masters.built} >= {"bias_2x2.fits", "flat_R_2x2.fits"}
     assert set(result.calibration.uncalibrated.values()) == {"no bias: frame left uncalibrated"}
     assert len(result.calibration.uncalibrated) == 3
+
+
+def test_err_holds_the_poisson_noise_of_the_dark_current(tmp_path):
+    """Where the dark current is strong (an amplifier glow, a warm region), its
+    electrons are subtracted but their Poisson noise stays: ERR says so, and the
+    calibrated sky scatters by ERR there as elsewhere."""
+    night = tmp_path / "2025_0315"
+    night.mkdir()
+    profile = load_profile("LOAO")
+    gain, rn_e = profile.camera.gain_e_per_adu, 5.0
+    rng = np.random.default_rng(2)
+    glow = np.zeros((64, 64))
+    glow[:, :32] = 4000.0                     # e- in 60 s over the left half
+    common = {"DATE-OBS": "2025-03-16T01:00:00", "FILTER": "R", "OBJECT": "NGC0337"}
+
+    def frame(kind: str, exptime: float, electrons) -> fits.PrimaryHDU:
+        e = rng.poisson(np.broadcast_to(electrons, (64, 64))) + rng.normal(0, rn_e, (64, 64))
+        hdu = fits.PrimaryHDU(np.round(1000.0 + e / gain).astype(np.uint16))
+        hdu.header.update(common | {"IMAGETYP": kind, "EXPTIME": exptime})
+        return hdu
+
+    for i in range(5):
+        frame("Bias Frame", 0.0, 0.0).writeto(night / f"bias{i}.fits")
+        frame("Dark Frame", 60.0, glow).writeto(night / f"dark{i}.fits")
+        frame("Flat Field", 5.0, 40000.0 + glow / 12).writeto(night / f"flat{i}.fits")
+    sky_e = 800.0
+    frame("Light Frame", 60.0, sky_e + glow).writeto(night / "science.fits")
+    result = process_night(profile, night, DataDir(tmp_path / "data"))
+    (calib,) = result.calibration.calibrated
+    with fits.open(calib) as hdul:
+        image, err, mask = hdul[0].data, hdul["ERR"].data, hdul["MASK"].data
+    for columns, electrons in ((slice(2, 30), sky_e + 4000.0), (slice(34, 62), sky_e)):
+        good = mask[2:62, columns] == 0
+        z = ((image[2:62, columns] - sky_e) / err[2:62, columns])[good]
+        # the Poisson noise of what arrived, plus read noise and the masters' errors
+        assert np.median(err[2:62, columns][good]) > math.sqrt(electrons)
+        assert 0.9 <= z.std() <= 1.1, (electrons, z.std())
 
 
 def test_overscan_is_removed_row_by_row_and_the_frame_trimmed(isolated_dirs):

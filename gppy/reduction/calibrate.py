@@ -7,10 +7,12 @@ mask, saturation, cosmic rays, pixels without calibration) and an ERR extension,
 the 1-sigma error in electrons from Poisson noise, read noise and the masters'
 own errors:
 
-    ERR^2 = (gain * signal + rn^2 + gain^2 (e_bias^2 + s^2 e_dark^2)) / flat^2
+    ERR^2 = (gain * (raw - bias) + rn^2 + gain^2 (e_bias^2 + s^2 e_dark^2)) / flat^2
             + (image * e_flat)^2
 
-(signal = raw - bias - s * dark in ADU, e_flat relative). The science image is
+(in ADU before the gain, raw - bias clipped at 0, e_flat relative): the dark
+current that is subtracted still brought its Poisson noise (a warm pixel's or an
+amplifier glow's). The science image is
 the primary HDU so SExtractor and ds9 read it as before; the raw header is kept
 and processing keywords are added. Written atomically; the raw file is only read.
 """
@@ -97,14 +99,15 @@ def calibrate(rec: FrameRecord, cal: FrameCalibration, profile: Profile,
     gain = profile.camera.gain_e_per_adu
     read_noise_e = float(bias.header.get("RDNOISE", profile.camera.read_noise_e))
 
-    signal = raw - bias.data
+    counts = raw - bias.data            # what arrived, dark current included
+    signal = counts
     var_adu2 = bias.err.astype(np.float32) ** 2
     if dark is not None:
-        signal -= cal.dark_scale * dark.data
+        signal = counts - cal.dark_scale * dark.data
         var_adu2 += (cal.dark_scale * dark.err) ** 2
     with np.errstate(divide="ignore", invalid="ignore"):
         image = signal / flat.data * gain
-        var = ((gain * np.maximum(signal, 0) + read_noise_e ** 2 + gain ** 2 * var_adu2)
+        var = ((gain * np.maximum(counts, 0) + read_noise_e ** 2 + gain ** 2 * var_adu2)
                / flat.data ** 2 + (image * flat.err) ** 2)
     mask = np.zeros(shape, np.uint16)
     if bpm is not None:
