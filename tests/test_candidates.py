@@ -502,6 +502,44 @@ def test_moving_object_in_one_frame_only():
     assert t["cls"][i] == "candidate" and t["n_epochs_cover"][i] == 0
 
 
+def test_absent_from_another_filter_only_when_faint():
+    """Another filter's difference of the night (another time, another flux scale)
+    tells noise peaks and movers from transients only for faint candidates: on a
+    common scale, a S/N ~6 source absent there becomes "moving" and a S/N ~25 one
+    stays a candidate (a red or blue transient the other filter cannot see). The
+    fluxes are compared on this difference's scale: one recorded there at a third of
+    the counts is seen when that filter takes three times the counts per flux, while
+    absence is then three times less telling."""
+    from gppy.transient.candidates import mark_absent
+
+    rng = np.random.default_rng(8)
+    shape = (512, 512)
+    scene = make_scene(rng, n_stars=60, n_gal=10, shape=shape)
+    quiet = dict(n_inject=(0, 0), n_on_galaxy=0, n_beside_star=0, dipoles=0, n_cr=0,
+                 n_edge=0, variables=False, saturated=False)
+    faint, bright, both = (120.4, 330.2, 850.0), (380.7, 150.3, 5000.0), (300.5, 420.3, 950.0)
+    this = make_frame(scene, rng, extra_sci=[faint, bright, both], **quiet)
+    other = make_frame(scene, rng, extra_sci=[(both[0], both[1], both[2] / 3)], **quiet)
+    names = {"faint": faint, "bright": bright, "both": both}
+
+    def search(scale: float):
+        t = run(this)
+        rows = {name: nearest(t, x, y) for name, (x, y, _) in names.items()}
+        assert all(i is not None and t["cls"][i] == "candidate" for i in rows.values()), rows
+        epoch = Epoch(other.diff, other.noise, other.wcs, other.mask, flux_scale=scale,
+                      same_band=False)
+        return t, rows, set(mark_absent(t, [epoch]).tolist())
+
+    t, rows, moved = search(1.0)
+    assert 4.5 < t["snr"][rows["faint"]] < 8 < 15 < t["snr"][rows["bright"]]
+    assert moved == {rows["faint"], rows["both"]}
+    assert t["cls"][rows["faint"]] == "moving" and "single_epoch" in t["reasons"][rows["faint"]]
+    assert t["cls"][rows["bright"]] == "candidate" and t["n_epochs_cover"][rows["bright"]] == 0
+    t, rows, moved = search(3.0)
+    assert moved == set()
+    assert t["n_epochs_cover"][rows["both"]] == t["n_epochs_seen"][rows["both"]] == 1
+
+
 def test_stamps(night, tmp_path):
     from PIL import Image
 

@@ -114,9 +114,15 @@ Classes (column `cls`):
   variable   on a known star within 1" (positive or negative residual): a star that
              merely varied; reasons notes "known_star" (catalogue) or "ref_star"
   moving     positive, otherwise a candidate, and absent from other epochs of the
-             night that cover the spot (`other_epochs`: forced photometry, here;
-             `flag_moving`: cross-matching candidate tables); reasons "single_epoch".
-             Or on a known asteroid or comet: gppy.transient.skybot.mark_movers
+             night that cover the spot (`other_epochs` / `mark_absent`: forced
+             photometry; `flag_moving`: cross-matching candidate tables); reasons
+             "single_epoch". An epoch in another band (the night's stack in another
+             filter: another time too) counts only for candidates below
+             absent_max_snr_other_band (8): at that S/N a source in one stack alone is
+             a mover or a noise peak (a Gaussian S/N map of a 3 px PSF has ~1.5 peaks
+             above 5 per 2048 x 2048 px), not a red or blue transient the other
+             filter cannot see, as it may be brighter. Or on a known asteroid or
+             comet: gppy.transient.skybot.mark_movers
   candidate  the rest
 
 Score: a hand-set logistic combination, score = 1 / (1 + exp(-z)),
@@ -188,19 +194,26 @@ class CandidateParams:
     score_min: float = 0.5
     moving_absent_snr: float = 3.0            # other epochs: forced S/N below this ...
     moving_diff_sigma: float = 3.0            # ... and flux this many sigma below ours
+    absent_max_snr_other_band: float = 8.0    # epochs in another band: fainter ones only
     psf_star_snr: float = 50.0                # science stars calibrating FWHM_PSF, APCORR
     max_psf_stars: int = 200
 
 
 @dataclass
 class Epoch:
-    """Another difference image of the same night (any grid), for `other_epochs`."""
+    """Another difference image of the same night (any grid), for `other_epochs` and
+    `mark_absent`: its arrays may be memory maps (only windows are read).
+    flux_scale multiplies its PSF-weighted fluxes onto the candidates' scale (exposure
+    times, zero points and aperture corrections of the two); same_band: in the
+    candidates' filter."""
 
     diff: np.ndarray
     noise: np.ndarray
     wcs: WCS
     mask: np.ndarray | None = None
     fwhm_px: float | None = None
+    flux_scale: float = 1.0
+    same_band: bool = True
 
 
 @dataclass
@@ -645,25 +658,75 @@ def _score(snr, fwhm_ratio, ell, neg_ratio, counterpart, masked_frac, dist_edge,
 
 
 def _forced(epoch: Epoch, ra, dec, sigma_default, edge_px):
-    """Forced PSF-weighted flux (flux, err, covered) at sky positions of an epoch."""
-    fr = _frame(epoch.diff, epoch.noise, epoch.mask)
+    """Forced PSF-weighted flux (flux, err, covered) at sky positions of an epoch, on
+    its own scale; covered 0 outside it or where pixels within 1 FWHM are bad."""
     sigma = (epoch.fwhm_px / FWHM_PER_SIGMA) if epoch.fwhm_px else sigma_default
     x, y = epoch.wcs.world_to_pixel_values(ra, dec)
-    ny, nx = fr.shape
+    ny, nx = epoch.diff.shape
     out = np.full((len(ra), 3), np.nan)
     for i, (xi, yi) in enumerate(zip(np.atleast_1d(x), np.atleast_1d(y))):
         if not (edge_px <= xi <= nx - 1 - edge_px and edge_px <= yi <= ny - 1 - edge_px):
             out[i, 2] = 0
             continue
-        sl, dx, dy = _window(fr.shape, xi, yi, 2 * FWHM_PER_SIGMA * sigma + 1)
-        good = ~fr.bad[sl]
+        sl, dx, dy = _window((ny, nx), xi, yi, 2 * FWHM_PER_SIGMA * sigma + 1)
+        d = np.asarray(epoch.diff[sl], float)
+        n = np.asarray(epoch.noise[sl], float)
+        good = np.isfinite(d) & np.isfinite(n) & (n > 0)
+        if epoch.mask is not None:
+            good &= np.asarray(epoch.mask[sl]) == 0
         if not good[np.hypot(dx, dy) <= FWHM_PER_SIGMA * sigma].all():
             out[i, 2] = 0
             continue
-        f, e = _psf_flux(fr.data[sl].astype(float), fr.noise[sl].astype(float), good, dx, dy,
-                         sigma)
+        f, e = _psf_flux(np.where(good, d, 0.0), np.where(good, n, 1.0), good, dx, dy, sigma)
         out[i] = (f, e, 1)
     return out
+
+
+def mark_absent(table: Table, epochs: list[Epoch], params: CandidateParams | None = None
+                ) -> np.ndarray:
+    """Class "moving" (reasons + "single_epoch") for the rows of class "candidate" of a
+    `find_candidates` table (its meta FWHM_PX and APCORR) that are absent from
+    every epoch covering them, at least one (see the module docstring); counts in
+    n_epochs_cover and n_epochs_seen. The table is changed in place; returns the
+    indices of the rows it made "moving"."""
+    p = params or CandidateParams()
+    n = len(table)
+    for name in ("n_epochs_cover", "n_epochs_seen"):
+        if name not in table.colnames:
+            table[name] = np.zeros(n, int)
+    cand = np.flatnonzero(np.asarray(table["cls"]) == "candidate")
+    if not epochs or cand.size == 0:
+        return np.zeros(0, int)
+    apcorr = float(table.meta.get("APCORR", 1.0))
+    sigma = float(table.meta["FWHM_PX"]) / FWHM_PER_SIGMA
+    ra, dec = np.asarray(table["ra"], float)[cand], np.asarray(table["dec"], float)[cand]
+    flux = np.asarray(table["flux"], float)[cand] / apcorr       # PSF-weighted
+    fluxerr = np.asarray(table["fluxerr"], float)[cand] / apcorr
+    snr = np.abs(np.asarray(table["snr"], float)[cand])
+    cover, seen = np.zeros(cand.size, int), np.zeros(cand.size, int)
+    for ep in epochs:
+        res = _forced(ep, ra, dec, sigma, p.edge_fwhm * FWHM_PER_SIGMA * sigma)
+        cov = res[:, 2] == 1
+        if not ep.same_band:
+            cov &= snr < p.absent_max_snr_other_band
+        f_o, e_o = res[:, 0] * ep.flux_scale, res[:, 1] * ep.flux_scale
+        with np.errstate(invalid="ignore"):
+            gone = ((f_o / e_o < p.moving_absent_snr)
+                    & ((flux - f_o) / np.hypot(fluxerr, e_o) > p.moving_diff_sigma))
+        cover += cov
+        seen += cov & ~gone
+    table["n_epochs_cover"][cand] += cover
+    table["n_epochs_seen"][cand] += seen
+    moving = cand[(cover > 0) & (seen == 0)]
+    cls = np.asarray(table["cls"]).astype("U9")
+    cls[moving] = "moving"
+    table["cls"] = cls
+    reasons = [str(r) for r in table["reasons"]]
+    for i in moving:
+        reasons[i] = ",".join([r for r in reasons[i].split(",") if r] + ["single_epoch"])
+    if n:
+        table["reasons"] = np.array(reasons, dtype=str)
+    return moving
 
 
 def find_candidates(diff, noise, sci, ref, mask, wcs: WCS | None, *, fwhm_px: float,
@@ -839,31 +902,6 @@ def find_candidates(diff, noise, sci, ref, mask, wcs: WCS | None, *, fwhm_px: fl
         if cls[i] == "variable":
             notes[i].append("known_star" if star_src[i] == "catalog" else "ref_star")
 
-    # other epochs of the night: absent where they cover the spot -> moving
-    n_cover = np.zeros(n, int)
-    n_seen = np.zeros(n, int)
-    if other_epochs and n and wcs is not None:
-        cand_idx = np.nonzero(cls == "candidate")[0]
-        if cand_idx.size:
-            absent = np.ones(cand_idx.size, bool)
-            for ep in other_epochs:
-                if not isinstance(ep, Epoch):
-                    ep = Epoch(*ep)
-                res = _forced(ep, ra[cand_idx], dec[cand_idx], sigma, p.edge_fwhm * fwhm_px)
-                cov = res[:, 2] == 1
-                f_o, e_o = res[:, 0], res[:, 1]
-                with np.errstate(invalid="ignore"):
-                    gone = ((f_o / e_o < p.moving_absent_snr)
-                            & ((col["flux"][cand_idx] - f_o)
-                               / np.hypot(col["fluxerr"][cand_idx], e_o) > p.moving_diff_sigma))
-                n_cover[cand_idx] += cov
-                n_seen[cand_idx] += cov & ~gone
-                absent &= ~(cov & ~gone)
-            moving = cand_idx[absent & (n_cover[cand_idx] > 0)]
-            cls[moving] = "moving"
-            for i in moving:
-                notes[i].append("single_epoch")
-
     order = np.argsort(-np.abs(np.nan_to_num(snr, nan=0.0)), kind="stable")
     reasons = (np.array([",".join(notes[i]) for i in range(n)], dtype=object).astype(str)
                if n else np.zeros(0, "U1"))
@@ -877,7 +915,7 @@ def find_candidates(diff, noise, sci, ref, mask, wcs: WCS | None, *, fwhm_px: fl
                "near_saturated": near_sat, "star_sep_arcsec": star_sep, "star_mag": star_mag,
                "star_src": star_src, "beside_star": beside, "star_resid_flux": star_resid * apcorr,
                "excess_snr": excess_snr,
-               "n_epochs_cover": n_cover, "n_epochs_seen": n_seen}
+               "n_epochs_cover": np.zeros(n, int), "n_epochs_seen": np.zeros(n, int)}
     t = Table({"id": np.arange(1, n + 1, dtype=int)}
               | {name: np.asarray(values)[order] for name, values in columns.items()})
     t.meta.update({"FWHM_PX": float(fwhm_px), "FWHM_PSF": float(fwhm_psf),
@@ -887,6 +925,8 @@ def find_candidates(diff, noise, sci, ref, mask, wcs: WCS | None, *, fwhm_px: fl
                    "ZP": float(zp),
                    "EXPTIME": float(exptime_s), "SHAPE": [int(v) for v in fr.shape],
                    "WCSHDR": "" if wcs is None else wcs.to_header_string(relax=True)})
+    if other_epochs and wcs is not None:
+        mark_absent(t, [ep if isinstance(ep, Epoch) else Epoch(*ep) for ep in other_epochs], p)
     return t
 
 

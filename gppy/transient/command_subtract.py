@@ -162,6 +162,11 @@ def expected_ratio(hs, hr, gain_s, gain_r) -> float | None:
     return 10 ** (0.4 * (zs - zr)) * ts / tr
 
 
+def candidate_path(diff: Path) -> Path:
+    """hd-<science stem>.cand.ecsv beside the difference."""
+    return diff.with_name(diff.name.rsplit(".", 1)[0] + ".cand.ecsv")
+
+
 def same_grid(wcs_s, shape_s, wcs_r, shape_r, tol_px: float = 0.01) -> bool:
     if tuple(shape_s) != tuple(shape_r):
         return False
@@ -251,7 +256,7 @@ def difference(sci: Path, ref: Path, *, engine: str = "builtin", out: Path | Non
         hdus.append(fits.ImageHDU(result.kernel.astype(np.float32), name="KERNEL"))
         hdus[3].header["COMMENT"] = "kernel at the frame centre (convolution)"
     write_atomic(path, fits.HDUList(hdus))
-    cand_path = path.with_name(path.name.rsplit(".", 1)[0] + ".cand.ecsv")
+    cand_path = candidate_path(path)
     with atomic_open(cand_path, "w") as fh:
         cands.write(fh, format="ascii.ecsv")
     row = {"diff": str(path), "sci": str(sci), "ref": str(ref), "engine": result.engine,

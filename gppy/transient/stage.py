@@ -3,7 +3,11 @@ stack each group (on the template's grid when there is a template of the same
 pixel scale; its photometry measured like a frame's), subtract the field's
 template (gppy.transient.templates), find candidates on the difference (those
 on a known asteroid or comet, from SkyBoT unless offline, become "moving"), cut
-stamps for them, and promote the night's stacks into the template library.
+stamps for them; once every group is done, a candidate absent from the night's
+other differences of its field that cover it (other visits, other filters: see
+gppy.transient.candidates.mark_absent) becomes "moving" too, its stamps removed
+(the difference's SUBNCAND counts the candidates before that); then the night's
+stacks are promoted into the template library.
 
 Products, in the night's product folder:
     Calib-...-com.fits (+ .cat.fits)      a group's stack and its catalogue
@@ -17,7 +21,8 @@ A group of one frame is not stacked: the frame itself is subtracted.
 from __future__ import annotations
 
 import traceback
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +35,8 @@ from gppy.errors import InputError, NightInterrupted
 from gppy.fitsio import BadFrame, atomic_open
 from gppy.obsconfig.schema import Profile
 from gppy.phot.stage import measure_calibrated
-from gppy.transient.command_subtract import difference
+from gppy.transient.candidates import Epoch, mark_absent
+from gppy.transient.command_subtract import candidate_path, difference
 from gppy.transient.groups import Group, NightFrame, group_frames
 from gppy.transient.skybot import SkybotError, known_movers
 from gppy.transient.stack import stack, stack_path
@@ -92,6 +98,8 @@ def run(frames: list[NightFrame], profile: Profile, refstars, library: TemplateL
         made.append((group, science))
         if should_stop():
             raise NightInterrupted
+    _consult_other_epochs([(g, s) for (g, _), s in zip(made, report.groups)], out_dir, log,
+                          report.failed)
     # promoted only now: a stack is never its own night's reference
     for group, science in made:
         why = library.promote(science, group.object, group.filter)
@@ -143,7 +151,7 @@ def _group(group: Group, profile: Profile, refstars, library: TemplateLibrary, o
                              out_dir / "stamps" / stem)
         for c, (fits_path, png_path) in zip(good, paths):
             summary["_candidates"].append({
-                "group": group.label, "diff": Path(row["diff"]).name,
+                "id": int(c["id"]), "group": group.label, "diff": Path(row["diff"]).name,
                 "ra": round(float(c["ra"]), 6), "dec": round(float(c["dec"]), 6),
                 "mag": _num(c["mag"]), "magerr": _num(c["magerr"]), "snr": _num(c["snr"]),
                 "score": _num(c["score"]), "stamp_fits": str(fits_path),
@@ -151,6 +159,90 @@ def _group(group: Group, profile: Profile, refstars, library: TemplateLibrary, o
     log.info("subtracted", group=group.label, diff=summary["diff"],
              candidates=len(good), **{k: v for k, v in summary["qa"].items() if v is not None})
     return summary, science
+
+
+def _consult_other_epochs(done: list[tuple[Group, dict]], out_dir: Path, log,
+                          failed: dict[str, str]) -> None:
+    """Each difference's candidates against the night's other differences of the same
+    field (`_against_each_other`); a field where that fails keeps its candidates as
+    they were, the reason in `failed`."""
+    by_field: dict[str, list[tuple[Group, dict]]] = {}
+    for group, summary in done:
+        if summary["diff"]:
+            by_field.setdefault(group.object, []).append((group, summary))
+    for field_name, items in by_field.items():
+        if len(items) < 2:
+            continue
+        try:
+            _against_each_other(items, out_dir, log)
+        except (InputError, OSError, ValueError, KeyError) as exc:
+            failed[f"{field_name}: other epochs"] = str(exc)
+            log.warning("other epochs not consulted", field=field_name, error=str(exc))
+
+
+def _against_each_other(items: list[tuple[Group, dict]], out_dir: Path, log) -> None:
+    """`mark_absent` of each difference's candidates against the others (fluxes put on
+    one scale by the candidate tables' ZP, EXPTIME and APCORR): those made "moving"
+    leave the group's list, their stamps removed and the candidate table rewritten."""
+    with ExitStack() as files:
+        tables, epochs = [], []
+        for group, summary in items:
+            diff = out_dir / summary["diff"]
+            table = Table.read(candidate_path(diff), format="ascii.ecsv")
+            # memory maps, of which only windows are read
+            hdul = files.enter_context(fits.open(diff, memmap=True, do_not_scale_image_data=True))
+            epochs.append(Epoch(hdul[0].data, hdul["ERR"].data, celestial_wcs(hdul[0].header),
+                                _Scaled(hdul["MASK"]), float(table.meta["FWHM_PX"])))
+            tables.append(table)
+        for k, (group, summary) in enumerate(items):
+            others = [_on_scale_of(tables[k], tables[j], epochs[j], group, items[j][0])
+                      for j in range(len(items)) if j != k]
+            others = [e for e in others if e is not None]
+            moved = mark_absent(tables[k], others)
+            if not len(moved):
+                continue
+            with atomic_open(candidate_path(out_dir / summary["diff"]), "w") as fh:
+                tables[k].write(fh, format="ascii.ecsv")
+            gone = {int(tables[k]["id"][i]) for i in moved}
+            for c in summary["_candidates"]:
+                if c["id"] in gone:
+                    for key in ("stamp_fits", "stamp_png"):
+                        Path(c[key]).unlink(missing_ok=True)
+            summary["_candidates"] = [c for c in summary["_candidates"]
+                                      if c["id"] not in gone]
+            cls = tables[k]["cls"]
+            summary["n_candidates"] = int(np.count_nonzero(cls == "candidate"))
+            summary["n_moving"] = int(np.count_nonzero(cls == "moving"))
+            log.info("absent from the night's other differences", group=group.label,
+                     moving=len(moved))
+
+
+class _Scaled:
+    """Windows of an integer image HDU opened unscaled (a memory map), scaled on
+    reading (the uint16 MASK is stored as int16 + BZERO, which astropy cannot map)."""
+
+    def __init__(self, hdu):
+        self.raw = hdu.data
+        self.zero, self.scale = hdu.header.get("BZERO", 0), hdu.header.get("BSCALE", 1)
+
+    def __getitem__(self, window):
+        return self.raw[window].astype(np.int64) * self.scale + self.zero
+
+
+def _on_scale_of(mine: Table, theirs: Table, epoch: Epoch, my_group: Group,
+                 their_group: Group) -> Epoch | None:
+    """`epoch` with the flux scale that puts its PSF-weighted fluxes onto `mine`'s:
+    exposure times and aperture corrections, and the zero points (needed across
+    filters: without them an epoch in another filter is not used)."""
+    a, b = mine.meta, theirs.meta
+    same_band = my_group.filter == their_group.filter
+    scale = (a["EXPTIME"] / b["EXPTIME"]) * (b["APCORR"] / a["APCORR"])
+    zps = (a.get("ZP"), b.get("ZP"))
+    if all(z is not None and np.isfinite(z) for z in zps):
+        scale *= 10 ** (0.4 * (zps[0] - zps[1]))
+    elif not same_band:
+        return None
+    return replace(epoch, flux_scale=float(scale), same_band=same_band)
 
 
 def _known_movers(science: Path, cache: Path | None, log):
