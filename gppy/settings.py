@@ -11,6 +11,9 @@ Site settings that are not about one observatory live in ``<config dir>/settings
     api_url = "https://slack.com/api/"          # Web API base URL; $GPPY_SLACK_API_URL wins
     token_file = "~/.config/gppy/slack-token"   # bot token, mode 0600; $SLACK_BOT_TOKEN wins
     default_channel = "#gppy"                   # for observatories without their own channel
+    max_retries = 4                             # a message's tries after the first ...
+    backoff_s = 1.0                             # ... waiting this, doubled each time
+    message_budget_s = 60                       # at most this long for one message
     [slack.channels]                            # observatory (any case) -> channel name or ID
     LOAO = "#loao"
 
@@ -59,12 +62,14 @@ class SlackSettings:
     token_file: Path | None = None
     default_channel: str | None = None
     channels: Mapping[str, str] = field(default_factory=dict)  # casefolded observatory -> channel
+    retry: Mapping[str, float] = field(default_factory=dict)   # RetryPolicy fields set here
 
     def channel_for(self, obs: str) -> str | None:
         """The observatory's own channel, else the default channel, else None."""
         return self.channels.get(obs.casefold(), self.default_channel)
 
 
+RETRY_KEYS = ("max_retries", "backoff_s", "message_budget_s")   # of [slack]: RetryPolicy's
 DEFAULT_INDEX_DIRS = (Path("/usr/share/astrometry"),)  # Debian's astrometry-data-* packages
 
 
@@ -116,6 +121,12 @@ def _positive(value: Any) -> float:
     return float(value)
 
 
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a whole number >= 0, got {value!r}")
+    return value
+
+
 def _bool(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {value!r}")
@@ -136,6 +147,9 @@ _SCHEMA: dict = {
         "token_file": _text,
         "default_channel": _channel,
         "channels": {"*": _channel},
+        "max_retries": _count,
+        "backoff_s": _positive,
+        "message_budget_s": _positive,
     },
     "astrometry": {
         "index_dirs": _paths,
@@ -202,7 +216,8 @@ def load_settings(path: str | os.PathLike | None = None) -> Settings:
         astrometry["refcat"] = str(path.parent / Path(astrometry["refcat"]).expanduser())
     return Settings(path, SlackSettings(api_url=slack.get("api_url"), token_file=token_file,
                                         default_channel=slack.get("default_channel"),
-                                        channels=channels),
+                                        channels=channels,
+                                        retry={k: slack[k] for k in RETRY_KEYS if k in slack}),
                     AstrometrySettings(**astrometry))
 
 

@@ -367,12 +367,20 @@ def test_settings_file_values_and_precedence(monkeypatch, tmp_path):
 api_url = "http://127.0.0.1:8099/api"
 token_file = "slack-token"
 default_channel = "#gppy"
+max_retries = 2
+backoff_s = 0.5
 [slack.channels]
 LOAO = "#loao"
 7DT01 = "C0123456789"
 """)
     s = load_settings()
     assert s.path == path
+    assert s.slack.retry == {"max_retries": 2, "backoff_s": 0.5}
+    monkeypatch.setenv("SLACK_BOT_TOKEN", TOKEN)
+    n = Notifier.from_settings(s)
+    n.close()
+    assert (n.policy.max_retries, n.policy.backoff_s, n.policy.message_budget_s) == (2, 0.5, 60.0)
+    monkeypatch.delenv("SLACK_BOT_TOKEN")
     assert s.slack.api_url == "http://127.0.0.1:8099/api/"
     assert s.slack.token_file == path.parent / "slack-token"
     assert (s.slack.channel_for("loao"), s.slack.channel_for("7dt01"),
@@ -397,6 +405,8 @@ LOAO = "#loao"
     ('[slack.channels]\nLOAO = "#my channel"\n', ["slack.channels.LOAO: a channel name"]),
     ('[slack.channels]\nLOAO = "#a"\nloao = "#b"\n', ["slack.channels.loao: given twice"]),
     ('[slack]\ndefault_channel = "#a\n', ["not valid TOML"]),
+    ('[slack]\nmax_retries = 1.5\nbackoff_s = 0\n',
+     ["slack.max_retries: expected a whole number", "slack.backoff_s: expected a positive"]),
 ])
 def test_settings_errors_name_the_file_and_the_key(text, keys):
     path = write_settings(text)

@@ -401,8 +401,8 @@ class Notifier:
         settings = settings if settings is not None else load_settings()
         token, source = resolve_token(settings)
         return cls(token, api_url=resolve_api_url(settings), channels=settings.slack.channels,
-                   default_channel=settings.slack.default_channel, policy=policy,
-                   token_source=source)
+                   default_channel=settings.slack.default_channel,
+                   policy=policy or RetryPolicy(**settings.slack.retry), token_source=source)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"off ({self._off_reason})" if self._off_reason else "on"
