@@ -724,8 +724,7 @@ def mark_absent(table: Table, epochs: list[Epoch], params: CandidateParams | Non
     reasons = [str(r) for r in table["reasons"]]
     for i in moving:
         reasons[i] = ",".join([r for r in reasons[i].split(",") if r] + ["single_epoch"])
-    if n:
-        table["reasons"] = np.array(reasons, dtype=str)
+    table["reasons"] = np.array(reasons, dtype=str)
     return moving
 
 
